@@ -1,0 +1,169 @@
+"""LOSO data: one fold of a complete cache, in memory.
+
+Fold ``k`` tests the subject ``subjects[k]`` (subjects sorted); every other subject trains. The
+test subject influences nothing the model is trained with: not the samples, not the AU graph
+(read from the fold's npz, built from training subjects only), not the normalisation scale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mer.preprocess.cache import Cache, load_cache
+
+
+class PatchDataset(Dataset):
+    """Clips of one split, with one amplification factor chosen per path.
+
+    Args:
+        patches: float32 tensor (M, A, N, R, C, 7, 7).
+        labels: int64 tensor (M,).
+        subjects: Subject id of each clip.
+        clips: Clip name of each clip.
+        alpha_index: Index into the A axis used for every path (testing), or None to draw one
+            at random per path and sample (the paper's training augmentation).
+        seed: Seed of the random draws.
+    """
+
+    def __init__(
+        self,
+        patches: torch.Tensor,
+        labels: torch.Tensor,
+        subjects: list[str],
+        clips: list[str],
+        alpha_index: int | None,
+        seed: int = 0,
+    ) -> None:
+        self.patches = patches
+        self.labels = labels
+        self.subjects = subjects
+        self.clips = clips
+        self.alpha_index = alpha_index
+        self.generator = torch.Generator().manual_seed(seed)
+        self._paths = torch.arange(patches.shape[2])
+
+    def __len__(self) -> int:
+        return self.patches.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        num_alphas, num_paths = self.patches.shape[1], self.patches.shape[2]
+        if self.alpha_index is None:
+            alphas = torch.randint(num_alphas, (num_paths,), generator=self.generator)
+        else:
+            alphas = torch.full((num_paths,), self.alpha_index, dtype=torch.long)
+        return {
+            "patches": self.patches[index, alphas, self._paths],  # (N, R, C, 7, 7)
+            "label": self.labels[index],
+            "subject": self.subjects[index],
+            "clip": self.clips[index],
+        }
+
+
+class LOSODataModule(pl.LightningDataModule):
+    """One leave-one-subject-out fold of a preprocessed cache.
+
+    Args:
+        cache_dir: A complete cache directory (see :mod:`mer.preprocess.cache`).
+        fold: Index of the test subject in the sorted subject ids.
+        batch_size: Training and test batch size.
+        test_alpha: Amplification factor used at test time (must be one of the cache's).
+        normalize: Divide patches by the standard deviation of the fold's training patches.
+        permute_train_labels: Shuffle the training labels (an honesty control: the model can then
+            learn nothing real, and the pooled UF1 must fall to chance).
+        seed: Seed of the α draws and the label permutation.
+        cache: An already-loaded cache (to share one in-memory copy across folds).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        fold: int,
+        batch_size: int = 32,
+        test_alpha: float | None = None,
+        normalize: bool = True,
+        permute_train_labels: bool = False,
+        seed: int = 0,
+        cache: Cache | None = None,
+    ) -> None:
+        super().__init__()
+        self.cache = cache if cache is not None else load_cache(cache_dir)
+        subjects = self.cache.subjects
+        if not 0 <= fold < len(subjects):
+            raise ValueError(f"fold {fold} out of range: the cache has {len(subjects)} subjects (folds 0..{len(subjects) - 1})")
+        self.fold = fold
+        self.batch_size = batch_size
+        self.seed = seed
+        self.test_subject = subjects[fold]
+        samples = self.cache.samples
+        is_test = (samples["subject"] == self.test_subject).to_numpy()
+        self.train_index = np.flatnonzero(~is_test)
+        self.test_index = np.flatnonzero(is_test)
+
+        alphas = [float(a) for a in self.cache.manifest["alphas"]]
+        test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
+        if test_alpha not in alphas:
+            raise ValueError(f"test alpha {test_alpha} is not among the cached alphas {alphas}")
+        self.test_alpha_index = alphas.index(test_alpha)
+
+        patches = torch.from_numpy(np.ascontiguousarray(self.cache.patches))
+        train_patches = patches[self.train_index]
+        # The scale comes from the training subjects only.
+        self.scale = float(train_patches.std()) if normalize else 1.0
+        if not np.isfinite(self.scale) or self.scale <= 0:
+            self.scale = 1.0
+        labels = torch.as_tensor(samples["class_index"].to_numpy(), dtype=torch.long)
+        train_labels = labels[self.train_index]
+        if permute_train_labels:
+            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 7919))
+            train_labels = train_labels[order]
+        subjects_col = samples["subject"].astype(str).tolist()
+        clips_col = samples["clip"].astype(str).tolist()
+        self.train_set = PatchDataset(
+            train_patches / self.scale, train_labels,
+            [subjects_col[i] for i in self.train_index], [clips_col[i] for i in self.train_index],
+            alpha_index=None, seed=seed,
+        )
+        self.test_set = PatchDataset(
+            patches[self.test_index] / self.scale, labels[self.test_index],
+            [subjects_col[i] for i in self.test_index], [clips_col[i] for i in self.test_index],
+            alpha_index=self.test_alpha_index,
+        )
+        graph = self.cache.fold_graph(fold)
+        if str(graph["test_subject"]) != self.test_subject:
+            raise ValueError(f"AU graph of fold {fold} is for {graph['test_subject']}, expected {self.test_subject}")
+        self.au_adjacency = np.asarray(graph["adjacency"], dtype=np.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.cache.manifest["classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.cache.manifest["classes"])
+
+    @property
+    def region_sizes(self) -> list[int]:
+        return list(self.cache.manifest["region_sizes"])
+
+    @property
+    def num_paths(self) -> int:
+        return int(self.cache.patches.shape[2])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.cache.patches.shape[4])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed), num_workers=0,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.batch_size, shuffle=False, num_workers=0)

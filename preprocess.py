@@ -1,0 +1,39 @@
+"""Build (or validate) the preprocessed cache of a dataset.
+
+    python preprocess.py dataset=NAME [dataset.root=DIR] [frames=N] [rois=SET] [interpolation=M]
+                         [magnification=M] [motion=M] [paths.cache_dir=DIR] [check=true] [visualize=K]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+log = logging.getLogger("preprocess")
+
+
+@hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    if cfg.check:
+        from mer.preprocess.check import check_dataset
+
+        usable = check_dataset(cfg)
+        if not usable:
+            sys.exit(1)
+        return
+    from mer.preprocess.pipeline import run_preprocessing
+
+    out = run_preprocessing(cfg)
+    print(f"cache: {out}")
+    if cfg.visualize:
+        from mer.preprocess.visualize import write_panels
+
+        for path in write_panels(cfg, out, int(cfg.visualize)):
+            print(f"panel: {path}")
+
+
+if __name__ == "__main__":
+    main()
