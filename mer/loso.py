@@ -6,7 +6,9 @@ and the model after the last epoch is tested: nothing is ever selected on the te
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pandas as pd
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
@@ -65,6 +68,12 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
 
     Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table.
     """
+    fold_dir = out_dir / "folds" / f"fold_{fold:02d}"
+    done = fold_dir / "predictions.csv"
+    if cfg.get("resume", True) and done.is_file():
+        log.info("fold %d already complete, reusing %s", fold, done)
+        return pd.read_csv(done, dtype={"subject": str, "clip": str, "dataset": str})
+    fold_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data = LOSODataModule(
         cache.directory, fold, batch_size=int(cfg.data.batch_size), test_alpha=cfg.data.test_alpha,
@@ -75,10 +84,21 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
     )
+    atomic_write_text(fold_dir / "fold.json", json.dumps(
+        {"fold": fold, "test_subject": data.test_subject, "num_folds": len(cache.subjects),
+         "train_clips": len(data.train_set), "test_clips": len(data.test_set), "cache": str(cache.directory)},
+        indent=2))
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), logger=_loggers(cfg, fold) or False,
-                         callbacks=callbacks, default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=data)
+    # The last epoch's state, kept only so that a killed fold resumes where it stopped; it is never
+    # a "best" checkpoint (nothing is selected on the test subject).
+    checkpoint_dir = fold_dir / "checkpoints"
+    callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
+                                     every_n_epochs=1, enable_version_counter=False))
+    last = checkpoint_dir / "last.ckpt"
+    trainer_args = {**OmegaConf.to_container(cfg.trainer, resolve=True), "enable_checkpointing": True}
+    trainer = pl.Trainer(**trainer_args, logger=_loggers(cfg, fold) or False, callbacks=callbacks,
+                         default_root_dir=str(out_dir))
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     trainer.test(module, datamodule=data, verbose=False)
     for logger in trainer.loggers:
         logger.finalize("success")
@@ -87,9 +107,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
     predictions.insert(1, "dataset", str(cfg.dataset.name))
     columns = PREDICTION_COLUMNS + [c for c in predictions.columns if c.startswith("prob_")]
     predictions = predictions[columns]
-    fold_dir = out_dir / "folds" / f"fold_{fold:02d}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(fold_dir / "predictions.csv", predictions.to_csv(index=False))
+    atomic_write_text(done, predictions.to_csv(index=False))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     accuracy = float((predictions["label"] == predictions["prediction"]).mean())
     log.info("fold %d (test subject %s): %d clips, accuracy %.3f", fold, data.test_subject, len(predictions), accuracy)
     return predictions

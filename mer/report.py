@@ -129,3 +129,111 @@ def write_summary(
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary, title))
     plot_confusion(summary["confusion"], class_names, out_dir / "confusion.png", title)
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: pool the fold jobs of a Hydra multirun, one summary per configuration.
+
+#: Config keys that do not define a configuration: which fold ran, where things were written.
+NON_CONFIG_KEYS = ("fold", "paths", "resume")
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent.parent for p in Path(sweep_dir).rglob(".hydra/config.yaml") if (p.parent.parent / "folds").is_dir())
+
+
+def _configuration(job_dir: Path) -> tuple[str, str, dict]:
+    """(group key, readable name, config without fold/paths) of one job directory."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=False)
+    for key in NON_CONFIG_KEYS:
+        config.pop(key, None)
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    name = ",".join(o for o in overrides if not o.split("=")[0].lstrip("+~") in NON_CONFIG_KEYS) or "default"
+    return json.dumps(config, sort_keys=True, default=str), name, config
+
+
+def aggregate_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration.
+
+    Writes ``<sweep_dir>/summaries/<configuration>/`` (the files of :func:`write_summary`) for each
+    configuration and ``<sweep_dir>/table.md`` comparing them. A configuration with missing folds
+    is flagged as incomplete in both.
+
+    Returns:
+        One row per configuration: ``name``, ``folds_found``, ``folds_expected``, ``complete``,
+        ``uf1``, ``uar``, ``accuracy`` (pooled over the folds found), ``summary_dir``.
+    """
+    sweep_dir = Path(sweep_dir)
+    groups: dict[str, dict[str, Any]] = {}
+    for job_dir in _job_dirs(sweep_dir):
+        key, name, config = _configuration(job_dir)
+        group = groups.setdefault(key, {"name": name, "config": config, "fold_files": {}, "expected": set()})
+        for fold_file in sorted((job_dir / "folds").glob("fold_*/predictions.csv")):
+            info_file = fold_file.parent / "fold.json"
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+            group["fold_files"][int(fold_file.parent.name.split("_")[1])] = fold_file
+            if "num_folds" in info:
+                group["expected"].add(int(info["num_folds"]))
+    rows = []
+    for group in groups.values():
+        if not group["fold_files"]:
+            continue
+        predictions = pd.concat(
+            [pd.read_csv(f, dtype={"subject": str, "clip": str, "dataset": str}) for _, f in sorted(group["fold_files"].items())],
+            ignore_index=True,
+        )
+        classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+        expected = max(group["expected"]) if group["expected"] else len(group["fold_files"])
+        found = len(group["fold_files"])
+        safe = "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in group["name"])
+        out = sweep_dir / "summaries" / safe
+        title = f"{group['name']}: {found}/{expected} folds" + ("" if found == expected else " (INCOMPLETE)")
+        try:
+            summary = write_summary(out, predictions, classes, group["config"], title=title)
+        except ValueError as error:  # e.g. a class absent from the folds found so far
+            rows.append({"name": group["name"], "folds_found": found, "folds_expected": expected,
+                         "complete": False, "uf1": None, "uar": None, "accuracy": None, "summary_dir": str(out),
+                         "error": str(error)})
+            continue
+        rows.append({"name": group["name"], "folds_found": found, "folds_expected": expected,
+                     "complete": found == expected, "uf1": summary["uf1"], "uar": summary["uar"],
+                     "accuracy": summary["accuracy"], "summary_dir": str(out)})
+    rows.sort(key=lambda r: r["name"])
+    atomic_write_text(sweep_dir / "table.md", sweep_table(rows))
+    atomic_write_text(sweep_dir / "table.json", json.dumps(rows, indent=2))
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown comparison of configurations (pooled metrics; incomplete ones flagged)."""
+    lines = ["| configuration | folds | UF1 | UAR | accuracy |", "|---|---|---|---|---|"]
+    for r in rows:
+        folds = f"{r['folds_found']}/{r['folds_expected']}" + ("" if r["complete"] else " INCOMPLETE")
+        cells = ["n/a" if r[k] is None else f"{r[k]:.4f}" for k in ("uf1", "uar", "accuracy")]
+        lines.append(f"| {r['name']} | {folds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mer.report SWEEP_DIR``: re-aggregate a sweep and print its table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mer.report", description=main.__doc__)
+    parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's output directory)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a directory")
+    rows = aggregate_sweep(args.sweep_dir)
+    if not rows:
+        print(f"no fold predictions found under {args.sweep_dir}")
+        return 1
+    print(sweep_table(rows), end="")
+    print(f"summaries in {args.sweep_dir / 'summaries'}")
+    return 0 if all(r["complete"] for r in rows) else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
