@@ -117,7 +117,7 @@ class LOSODataModule(pl.LightningDataModule):
         self.scale = float(train_patches.std()) if normalize else 1.0
         if not np.isfinite(self.scale) or self.scale <= 0:
             self.scale = 1.0
-        labels = torch.as_tensor(samples["class_index"].to_numpy(), dtype=torch.long)
+        labels = torch.tensor(samples["class_index"].to_numpy(dtype=np.int64))
         train_labels = labels[self.train_index]
         if permute_train_labels:
             order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 7919))
