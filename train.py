@@ -23,6 +23,7 @@ def main(cfg: DictConfig) -> None:
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
     summary = run_loso(cfg, out_dir)
@@ -31,6 +32,32 @@ def main(cfg: DictConfig) -> None:
         print(f"results: {out_dir}/summary.md ({time.perf_counter() - start:.0f} s)")
     else:
         print(f"fold {cfg.fold} done: {out_dir}/folds/fold_{int(cfg.fold):02d}/predictions.csv")
+
+
+def _share_devices(cfg: DictConfig) -> None:
+    """In a multirun whose jobs run side by side, give each job its own GPU, or its share of the cores."""
+    import os
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    parallel_jobs = int(hydra_cfg.launcher.get("n_jobs", 1) or 1)
+    job = int(hydra_cfg.job.num)
+    if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+        device = job % torch.cuda.device_count()
+        with open_dict(cfg):
+            cfg.trainer.accelerator = "gpu"
+            cfg.trainer.devices = [device]
+        log.info("job %d pinned to GPU %d", job, device)
+    elif parallel_jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+        torch.set_num_threads(threads)
+        log.info("job %d uses %d CPU threads (%d jobs in parallel)", job, threads, parallel_jobs)
 
 
 if __name__ == "__main__":
