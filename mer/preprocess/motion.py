@@ -1,0 +1,128 @@
+"""Motion maps: optical flow turned into the per-pixel channels the ROI patches are cut from.
+
+``magnitude`` (C = 1) is the flow's length; ``uv_strain`` (C = 3) is the horizontal and vertical flow and the
+optical strain magnitude. Maps are produced at ``preprocess.map_size``: a flow estimated on a crop of another
+size is resized first and its values multiplied by ``map_size / crop_size``, so that every map is in pixels
+of the map itself (strain, a ratio of displacement to distance, is unchanged by that scaling).
+
+Every channel is positively homogeneous of degree 1 in the flow (``map(a * flow) = a * map(flow)`` for
+``a > 0``); magnifiers use this to scale one map per frame rather than recomputing it per amplification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from mer.preprocess.flow import estimate_flows, resolve_params
+
+CHANNELS = {"magnitude": 1, "uv_strain": 3}
+
+
+def optical_strain(flows: np.ndarray) -> np.ndarray:
+    """Optical strain magnitude of flow fields.
+
+    The strain tensor is ``e = (J + J^T) / 2`` with ``J`` the flow's Jacobian (central differences, one-sided
+    at the borders); its magnitude is ``sqrt(e_xx^2 + e_yy^2 + 2 e_xy^2)``.
+
+    Args:
+        flows: ``(..., H, W, 2)`` ``(u, v)``.
+
+    Returns:
+        ``(..., H, W)`` float32.
+    """
+    u, v = flows[..., 0], flows[..., 1]
+    du_dy, du_dx = np.gradient(u, axis=(-2, -1))
+    dv_dy, dv_dx = np.gradient(v, axis=(-2, -1))
+    shear = 0.5 * (du_dy + dv_dx)
+    return np.sqrt(du_dx**2 + dv_dy**2 + 2.0 * shear**2).astype(np.float32)
+
+
+def resize_flows(flows: np.ndarray, size: int) -> np.ndarray:
+    """Resize flow fields to ``size x size`` and rescale their values to the new pixel size.
+
+    Args:
+        flows: ``(..., H, W, 2)`` with ``H == W``.
+        size: Output side.
+
+    Returns:
+        ``(..., size, size, 2)`` float32; the input itself when it already has that size.
+    """
+    height, width = flows.shape[-3:-1]
+    if height != width:
+        raise ValueError(f"motion maps need square flows, got {height} x {width}")
+    if height == size:
+        return flows.astype(np.float32, copy=False)
+    interpolation = cv2.INTER_AREA if size < height else cv2.INTER_LINEAR
+    flat = flows.reshape(-1, height, width, 2).astype(np.float32, copy=False)
+    # One call per flow: OpenCV's area interpolation takes at most 4 channels.
+    resized = np.stack([cv2.resize(flow, (size, size), interpolation=interpolation) for flow in flat])
+    return (resized * np.float32(size / height)).reshape(*flows.shape[:-3], size, size, 2)
+
+
+def flow_to_map(flows: np.ndarray, channels: str = "magnitude", map_size: int | None = None) -> np.ndarray:
+    """Motion maps of flow fields.
+
+    Args:
+        flows: ``(..., H, W, 2)`` square flows, in pixels of their own grid.
+        channels: ``"magnitude"`` (C = 1) or ``"uv_strain"`` (C = 3: u, v, optical strain).
+        map_size: Side of the maps; ``None`` keeps ``H``. See the module docstring for the value scaling.
+
+    Returns:
+        ``(..., C, map_size, map_size)`` float32.
+    """
+    if channels not in CHANNELS:
+        raise ValueError(f"unknown motion channels {channels!r}; choose one of {sorted(CHANNELS)}")
+    flows = resize_flows(flows, map_size or flows.shape[-2])
+    if channels == "magnitude":
+        return np.linalg.norm(flows, axis=-1)[..., None, :, :].astype(np.float32)
+    return np.stack([flows[..., 0], flows[..., 1], optical_strain(flows)], axis=-3).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class MotionSpec:
+    """How motion is measured and mapped: the ``motion`` config group plus ``preprocess.map_size``.
+
+    Attributes:
+        method: Optical-flow method (``tvl1``, ``farneback``, ``dis``).
+        channels: ``magnitude`` or ``uv_strain``.
+        map_size: Side of the motion maps.
+        params: Overrides of the flow method's defaults (``mer.preprocess.flow.DEFAULT_PARAMS``).
+    """
+
+    method: str = "tvl1"
+    channels: str = "magnitude"
+    map_size: int = 128
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.channels not in CHANNELS:
+            raise ValueError(f"unknown motion channels {self.channels!r}; choose one of {sorted(CHANNELS)}")
+        resolve_params(self.method, self.params)  # fail on a bad method or parameter before any clip runs
+
+    @classmethod
+    def from_config(cls, motion_cfg: Mapping[str, Any], map_size: int) -> "MotionSpec":
+        """From the ``motion`` config group (``name``, ``channels``, optional ``params``)."""
+        return cls(
+            method=motion_cfg["name"],
+            channels=motion_cfg.get("channels", "magnitude"),
+            map_size=int(map_size),
+            params=dict(motion_cfg.get("params") or {}),
+        )
+
+    @property
+    def num_channels(self) -> int:
+        """C, the channels of a map."""
+        return CHANNELS[self.channels]
+
+    def flows(self, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Flows from ``reference`` ``(H, W, 3)`` to each of ``frames`` ``(K, H, W, 3)`` -> ``(K, H, W, 2)``."""
+        return estimate_flows(reference, frames, self.method, self.params)
+
+    def maps(self, flows: np.ndarray) -> np.ndarray:
+        """Motion maps ``(..., C, map_size, map_size)`` of flows ``(..., H, W, 2)``."""
+        return flow_to_map(flows, self.channels, self.map_size)
