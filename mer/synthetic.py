@@ -556,10 +556,13 @@ def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, opti
         face_positions = cv2.transform(grid, undo_head)
         # ... then the expression.
         neutral = undo_expression(face_positions, forward, strength)
-        image = _remap(subject.source, _remap(subject.source_map, neutral), cv2.INTER_CUBIC)
-        image = image * subject.shading * np.float32(gain * 255.0)
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(options.noise_sigma)
-        pixels = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        image = _remap(subject.source, _remap(subject.source_map, neutral), cv2.INTER_CUBIC)  # (S, S, 3) in [0, 1]
+        image *= subject.shading
+        image *= np.float32(gain * 255.0)
+        noise = rng.standard_normal(image.shape, dtype=np.float32)
+        noise *= np.float32(options.noise_sigma)
+        image += noise
+        pixels = np.clip(np.rint(image, out=image), 0, 255, out=image).astype(np.uint8)
         ok, encoded = cv2.imencode(".jpg", pixels[..., ::-1], encode)  # RGB -> BGR
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {clip_dir}/img{frame}.jpg")

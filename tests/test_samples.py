@@ -319,3 +319,18 @@ def test_plain_mapping_config(tiny_dataset_cfg: DictConfig) -> None:
     as_dict = OmegaConf.to_container(tiny_dataset_cfg, resolve=False)
     table, _ = read_sample_table(as_dict)
     pd.testing.assert_frame_equal(table, expected)
+
+
+def test_sheet_without_apex_column_and_unreadable_aus(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
+                                                      tmp_path: Path) -> None:
+    rows = _sheet(tiny_corpus)
+    apex_column = SHEET_COLUMNS.index("ApexFrame")
+    without_apex = [row[:apex_column] + row[apex_column + 1:] for row in rows]
+    without_apex[1][-2] = "4+?"
+    tiny_dataset_cfg.columns.apex = None
+    table, problems = read_sample_table(_with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", without_apex)))
+    assert len(table) == 9
+    assert (table["apex"] == (table["onset"] + table["offset"]) // 2).all()
+    assert not any(p.fatal for p in problems) and len(problems) == 10
+    assert problems[1].message == f"s.csv row 2, clip {_key(rows[1])}: unreadable action unit(s) ['?'] in '4+?' ignored"
+    assert table["aus"][(table["subject"] + "/" + table["clip"]) == _key(rows[1])].item() == (4,)

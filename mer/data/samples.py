@@ -245,6 +245,37 @@ def _column_positions(header: list[str], columns: Mapping[str, str | None], path
 
 
 # -------------------------------------------------------------------------------------------------- the reader
+@dataclass(frozen=True)
+class _Settings:
+    """The parts of the dataset config that validating a row needs."""
+
+    sheet_name: str
+    frames_root: Path
+    frame_regex: str
+    subject_format: str
+    class_map: dict[str, str | None]  # normalised emotion -> class name, None = drop deliberately
+    classes: list[str]
+    apex_policy: str
+
+    @classmethod
+    def from_config(cls, dataset_cfg: Mapping[str, Any], sheet_path: Path) -> "_Settings":
+        apex_policy = str(dataset_cfg.get("apex_policy") or "middle")
+        if apex_policy not in APEX_POLICIES:
+            raise ValueError(f"dataset.apex_policy must be one of {APEX_POLICIES}, got {apex_policy!r}")
+        classes = [str(name) for name in dataset_cfg["classes"]]
+        class_map = {_normalise(emotion): (None if target is None else str(target))
+                     for emotion, target in dict(dataset_cfg["class_map"]).items()}
+        unknown_targets = sorted({target for target in class_map.values() if target is not None} - set(classes))
+        if unknown_targets:
+            raise ValueError(f"dataset.class_map maps to {unknown_targets}, which are not in dataset.classes "
+                             f"{classes}")
+        return cls(sheet_name=sheet_path.name,
+                   frames_root=Path(str(dataset_cfg["root"])) / str(dataset_cfg.get("frames_subdir") or ""),
+                   frame_regex=str(dataset_cfg["frame_regex"]),
+                   subject_format=str(dataset_cfg.get("subject_format") or "{}"),
+                   class_map=class_map, classes=classes, apex_policy=apex_policy)
+
+
 def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> tuple[pd.DataFrame, list[Problem]]:
     """Read a corpus's coding sheet into the sample table and validate it against the frames on disk.
 
@@ -257,7 +288,8 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
         ``TABLE_COLUMNS``: ``dataset`` (str), ``subject`` (folder name, str), ``clip`` (str), ``frames_dir`` (str),
         ``onset``/``apex``/``offset`` (int frame numbers), ``aus`` (tuple of int), ``emotion`` (the sheet's text),
         ``label`` (class name), ``class_index`` (int, index into ``dataset.classes``). ``problems`` lists every
-        problem found, fatal and not, in sheet order.
+        problem found, fatal and not, in sheet order. (Read the ``clip`` column as ``table["clip"]``:
+        ``table.clip`` is pandas' clip method.)
 
     Raises:
         AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
@@ -271,20 +303,9 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     sheet_path = root / str(dataset_cfg["annotation"])
     if not sheet_path.is_file():
         raise FileNotFoundError(f"annotation sheet {sheet_path} does not exist (dataset.root / dataset.annotation)")
+    settings = _Settings.from_config(dataset_cfg, sheet_path)
     dataset_name = str(dataset_cfg.get("name") or root.name)
-    frames_root = root / str(dataset_cfg.get("frames_subdir") or "")
-    frame_regex = str(dataset_cfg["frame_regex"])
-    subject_format = str(dataset_cfg.get("subject_format") or "{}")
     header_row = int(dataset_cfg.get("header_row") or 0)
-    apex_policy = str(dataset_cfg.get("apex_policy") or "middle")
-    if apex_policy not in APEX_POLICIES:
-        raise ValueError(f"dataset.apex_policy must be one of {APEX_POLICIES}, got {apex_policy!r}")
-    classes = [str(name) for name in dataset_cfg["classes"]]
-    class_map = {_normalise(emotion): (None if target is None else str(target))
-                 for emotion, target in dict(dataset_cfg["class_map"]).items()}
-    unknown_targets = sorted({target for target in class_map.values() if target is not None} - set(classes))
-    if unknown_targets:
-        raise ValueError(f"dataset.class_map maps to {unknown_targets}, which are not in dataset.classes {classes}")
 
     rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))
     if len(rows) <= header_row:
@@ -300,13 +321,11 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
         if not any(cells):
             continue
         values = {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()}
-        record, row_problems, dropped = _read_row(
-            values, row_number, sheet_path.name, frames_root, frame_regex, subject_format, class_map, classes,
-            apex_policy, first_row_of)
+        record, row_problems, dropped = _read_row(values, row_number, settings, first_row_of)
         problems.extend(row_problems)
         if dropped is not None:
             dropped_emotions[dropped] += 1
-        elif record is not None and not any(problem.fatal for problem in row_problems):
+        elif record is not None:
             record["dataset"] = dataset_name
             records.append(record)
 
@@ -320,37 +339,43 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     table = table.sort_values(["subject", "clip"], kind="stable").reset_index(drop=True)
     for name in ("onset", "apex", "offset", "class_index"):
         table[name] = table[name].astype(np.int64)
-    _log_summary(dataset_name, table, classes, dropped_emotions, len({p.row for p in fatal}))
+    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({p.row for p in fatal}))
     return table, problems
 
 
-def _read_row(values: dict[str, str], row: int, sheet_name: str, frames_root: Path, frame_regex: str,
-              subject_format: str, class_map: dict[str, str | None], classes: list[str], apex_policy: str,
+def _read_row(values: dict[str, str], row: int, settings: _Settings,
               first_row_of: dict[str, int]) -> tuple[dict[str, Any] | None, list[Problem], str | None]:
     """Validate one sheet row.
 
+    Args:
+        values: field -> cell text of this row.
+        row: its spreadsheet row number.
+        settings: the dataset settings.
+        first_row_of: clip key -> row it was first seen on (updated here, to find duplicates).
+
     Returns:
-        (the table record or None, the row's problems, the emotion if the row is dropped deliberately because its
-        emotion maps to no class, else None).
+        (the table record, or None if the row has a fatal problem or is dropped; the row's problems; the emotion if
+        the row is dropped deliberately because its emotion maps to no class, else None).
     """
     subject_text, clip = values["subject"], values["clip"]
     try:
         number = parse_frame_number(subject_text)
-        subject = subject_format.format(number if number is not None else subject_text)
+        subject = settings.subject_format.format(number if number is not None else subject_text)
     except (ValueError, IndexError, KeyError):
         subject = None
     key = f"{subject or subject_text}/{clip}"
     problems: list[Problem] = []
 
     def problem(message: str, fatal: bool = True) -> None:
-        problems.append(Problem(row=row, clip=key, message=f"{sheet_name} row {row}, clip {key}: {message}",
+        problems.append(Problem(row=row, clip=key, message=f"{settings.sheet_name} row {row}, clip {key}: {message}",
                                 fatal=fatal))
 
     emotion = values["emotion"]
-    if _normalise(emotion) in class_map and class_map[_normalise(emotion)] is None:
+    emotion_key = _normalise(emotion)
+    if emotion_key in settings.class_map and settings.class_map[emotion_key] is None:
         return None, problems, emotion
     if subject is None:
-        problem(f"subject {subject_text!r} does not fit dataset.subject_format {subject_format!r}")
+        problem(f"subject {subject_text!r} does not fit dataset.subject_format {settings.subject_format!r}")
         return None, problems, None
     if not clip:
         problem("the clip name (dataset.columns.clip) is empty")
@@ -359,9 +384,8 @@ def _read_row(values: dict[str, str], row: int, sheet_name: str, frames_root: Pa
         problem(f"duplicate clip (first on row {first_row_of[key]})")
         return None, problems, None
     first_row_of[key] = row
-    if _normalise(emotion) not in class_map:
-        known = sorted(class_map)
-        problem(f"unknown emotion {emotion!r}: not in dataset.class_map (known: {known})")
+    if emotion_key not in settings.class_map:
+        problem(f"unknown emotion {emotion!r}: not in dataset.class_map (known: {sorted(settings.class_map)})")
 
     onset, offset = parse_frame_number(values["onset"]), parse_frame_number(values["offset"])
     if onset is None:
@@ -371,20 +395,21 @@ def _read_row(values: dict[str, str], row: int, sheet_name: str, frames_root: Pa
     if onset is not None and offset is not None and onset > offset:
         problem(f"onset {onset} is after offset {offset}")
 
-    subject_dir, frames_dir = frames_root / subject, frames_root / subject / clip
+    subject_dir = settings.frames_root / subject
+    frames_dir = subject_dir / clip
     frames: dict[int, Path] = {}
     if not subject_dir.is_dir():
         problem(f"subject folder {subject_dir} does not exist")
     elif not frames_dir.is_dir():
         problem(f"clip folder {frames_dir} does not exist")
     else:
-        frames = index_frames(frames_dir, frame_regex)
+        frames = index_frames(frames_dir, settings.frame_regex)
         if onset is not None and offset is not None and onset <= offset:
             missing = [number for number in range(onset, offset + 1) if number not in frames]
             if missing:
                 shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
                 problem(f"{len(missing)} frame(s) between onset {onset} and offset {offset} missing on disk in "
-                        f"{frames_dir} (pattern {frame_regex!r}): {shown}")
+                        f"{frames_dir} (pattern {settings.frame_regex!r}): {shown}")
     if any(p.fatal for p in problems):
         return None, problems, None
 
@@ -394,24 +419,25 @@ def _read_row(values: dict[str, str], row: int, sheet_name: str, frames_root: Pa
         problem(f"apex {apex} outside [onset {onset}, offset {offset}]")
         return None, problems, None
     if apex is None:
-        if apex_policy == "drop":
+        if settings.apex_policy == "drop":
             problem(f"non-numeric apex {apex_text!r} (dataset.apex_policy=drop)")
             return None, problems, None
-        if apex_policy == "middle":
+        if settings.apex_policy == "middle":
             apex = (onset + offset) // 2
             problem(f"non-numeric apex {apex_text!r}: using the middle frame {apex} (dataset.apex_policy=middle)",
                     fatal=False)
         else:
             apex = estimate_apex_by_flow(frames, onset, offset)
-            problem(f"non-numeric apex {apex_text!r}: using frame {apex}, the largest optical flow from onset "
+            problem(f"non-numeric apex {apex_text!r}: using frame {apex}, the one that moved most from onset "
                     f"(dataset.apex_policy=max_flow)", fatal=False)
 
     aus, unreadable = parse_action_units(values.get("aus", ""))
     if unreadable:
         problem(f"unreadable action unit(s) {unreadable} in {values.get('aus')!r} ignored", fatal=False)
-    label = class_map[_normalise(emotion)]
+    label = settings.class_map[emotion_key]
     record = {"subject": subject, "clip": clip, "frames_dir": str(frames_dir), "onset": onset, "apex": apex,
-              "offset": offset, "aus": aus, "emotion": emotion, "label": label, "class_index": classes.index(label)}
+              "offset": offset, "aus": aus, "emotion": emotion, "label": label,
+              "class_index": settings.classes.index(label)}
     return record, problems, None
 
 
