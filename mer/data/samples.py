@@ -1,0 +1,452 @@
+"""The sample table: one row per micro-expression clip, read from a coding sheet plus a frames root.
+
+Every stage reads clips through :func:`read_sample_table`. The reader is generic: all corpus specifics live in the
+``dataset`` config node (see ``conf/dataset/synthetic.yaml``):
+
+* ``root``: the corpus folder; ``annotation``: the coding sheet (``.xlsx`` or ``.csv``), relative to ``root``;
+  ``sheet`` (optional): worksheet name or 0-based index of an xlsx, default the first one;
+* ``frames_subdir``: frames live in ``root/frames_subdir/<subject folder>/<clip>/``;
+* ``frame_regex``: file-name pattern of a frame, group 1 = frame number (frames are found by number, so zero
+  padding and gaps in the numbering do not matter);
+* ``subject_format``: the sheet's subject -> folder name (``"sub{:02d}"`` turns CASME II's ``1`` into ``sub01``);
+* ``columns``: sample-table field -> sheet column header (``apex`` and ``aus`` may be null when a sheet has none);
+  ``header_row``: 0-based row of the header (SAMM's is row 13); blank-header columns are ignored;
+* ``class_map``: sheet emotion -> class name, or null to drop that emotion deliberately; ``classes``: the class
+  names in class-index order;
+* ``apex_policy``: what to do with a non-numeric apex (CASME II has ``/``): ``middle`` (use (onset + offset) // 2,
+  warn), ``drop`` (reject the clip) or ``max_flow`` (the frame that moved most from onset by optical flow, global
+  motion removed; warn).
+
+Problems found on the way are :class:`Problem` records naming the sheet row and the clip. ``on_error="raise"``
+raises :class:`AnnotationError` on the first fatal one; ``on_error="skip"`` drops the clips with fatal problems and
+returns every problem.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+#: Columns of the sample table, in order.
+TABLE_COLUMNS = ("dataset", "subject", "clip", "frames_dir", "onset", "apex", "offset", "aus", "emotion", "label",
+                 "class_index")
+APEX_POLICIES = ("middle", "drop", "max_flow")
+REQUIRED_FIELDS = ("subject", "clip", "onset", "offset", "emotion")
+OPTIONAL_FIELDS = ("apex", "aus")
+
+# An AU token: an optional laterality / side prefix (L, R, B, T, U), the AU number, an optional intensity (A-E).
+_AU_TOKEN = re.compile(r"(?:[LRBTU])?(\d+)[A-E]?", re.IGNORECASE)
+
+
+@dataclass
+class Problem:
+    """Something wrong with one sheet row.
+
+    Attributes:
+        row: the spreadsheet row number a human sees (1-based, header included), or None when not row-specific.
+        clip: ``subject/clip`` as far as it could be read.
+        message: what is wrong, naming the sheet row and the clip.
+        fatal: True if the clip cannot be used (it is dropped with ``on_error="skip"``).
+    """
+
+    row: int | None
+    clip: str
+    message: str
+    fatal: bool
+
+    def __str__(self) -> str:
+        return f"{'error' if self.fatal else 'warning'}: {self.message}"
+
+
+class AnnotationError(ValueError):
+    """A coding sheet that cannot be used as it is; ``problems`` holds every problem found."""
+
+    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def index_frames(frames_dir: str | Path, frame_regex: str) -> dict[int, Path]:
+    """Map frame number -> file for the frames of one clip.
+
+    Args:
+        frames_dir: the clip's folder.
+        frame_regex: pattern that a frame's file name must match in full; group 1 is the frame number.
+
+    Returns:
+        Frame number -> path, sorted by frame number. Files that do not match are ignored.
+
+    Raises:
+        FileNotFoundError: ``frames_dir`` is not a folder.
+        ValueError: two files carry the same frame number (e.g. ``img046.jpg`` and ``img46.jpg``).
+    """
+    frames_dir = Path(frames_dir)
+    if not frames_dir.is_dir():
+        raise FileNotFoundError(f"frames folder {frames_dir} does not exist")
+    pattern = re.compile(frame_regex)
+    frames: dict[int, Path] = {}
+    for path in frames_dir.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match is None:
+            continue
+        number = int(match.group(1))
+        if number in frames:
+            raise ValueError(f"{frames_dir}: frame {number} appears twice ({frames[number].name}, {path.name})")
+        frames[number] = path
+    return dict(sorted(frames.items()))
+
+
+def parse_action_units(text: str) -> tuple[tuple[int, ...], list[str]]:
+    """Parse a FACS code such as ``4+L10`` or ``R12`` into AU numbers, laterality and intensity stripped.
+
+    Returns:
+        (the AU numbers in order of appearance without repeats, the tokens that could not be read).
+    """
+    units: list[int] = []
+    unreadable = []
+    for token in re.split(r"[+,;\s]+", text.strip()):
+        if not token:
+            continue
+        match = _AU_TOKEN.fullmatch(token)
+        if match is None:
+            unreadable.append(token)
+        elif int(match.group(1)) not in units:
+            units.append(int(match.group(1)))
+    return tuple(units), unreadable
+
+
+def parse_frame_number(text: str) -> int | None:
+    """A frame number from a sheet cell (``"46"``, ``"46.0"``), or None if it is not one (``"/"``, ``""``, ``-1``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not np.isfinite(value) or value != int(value) or value < 0:
+        return None
+    return int(value)
+
+
+def estimate_apex_by_flow(frames: Mapping[int, Path], onset: int, offset: int, size: int = 112) -> int:
+    """The frame in [onset, offset] that moved most from the onset frame, by DIS optical flow.
+
+    Frames are read in grayscale and shrunk so that the longer side is ``size`` pixels. The flow from onset to each
+    frame has its best-fitting affine motion (head translation and rotation, which grows with time and would
+    otherwise pull the answer towards the offset) removed; the frame with the largest mean remaining magnitude
+    wins.
+
+    Args:
+        frames: frame number -> file (:func:`index_frames`), covering [onset, offset].
+        onset, offset: the clip's span (frame numbers).
+        size: longer side of the frames the flow is computed on, pixels.
+
+    Returns:
+        The estimated apex frame number.
+    """
+    import cv2
+
+    def load(number: int) -> np.ndarray:
+        image = cv2.imread(str(frames[number]), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise OSError(f"cannot read frame {frames[number]}")
+        scale = size / max(image.shape)
+        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+    numbers = list(range(onset + 1, offset + 1))
+    if not numbers:
+        return onset
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    reference = load(onset)
+    height, width = reference.shape
+    ys, xs = np.mgrid[0:height, 0:width]
+    affine_basis = np.stack([np.ones(xs.size), xs.ravel(), ys.ravel()], axis=1)  # (H*W, 3)
+    affine_fit = np.linalg.pinv(affine_basis)  # (3, H*W): least-squares affine coefficients of a flow field
+    magnitudes = []
+    for number in numbers:
+        vectors = flow.calc(reference, load(number), None).reshape(-1, 2)  # (H*W, 2)
+        residual = vectors - affine_basis @ (affine_fit @ vectors)
+        magnitudes.append(np.linalg.norm(residual, axis=1).mean())
+    return numbers[int(np.argmax(magnitudes))]
+
+
+# ------------------------------------------------------------------------------------------------ sheet reading
+def _cell_text(value: Any) -> str:
+    """One sheet cell as stripped text; integral numbers without a decimal point so xlsx and csv agree."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if np.isnan(value):
+            return ""
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value).strip()
+
+
+def read_sheet_rows(path: Path, sheet: str | int | None = None) -> list[list[str]]:
+    """Every row of a coding sheet (xlsx or csv) as lists of cell text, blank rows included, so that list index
+    + 1 is the row number a spreadsheet shows."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return [[_cell_text(cell) for cell in row] for row in csv.reader(handle)]
+    if suffix in (".xlsx", ".xlsm"):
+        from openpyxl import load_workbook
+
+        workbook = load_workbook(path, read_only=True, data_only=True)
+        try:
+            if sheet is None:
+                worksheet = workbook.worksheets[0]
+            elif isinstance(sheet, int):
+                worksheet = workbook.worksheets[sheet]
+            else:
+                worksheet = workbook[sheet]
+            return [[_cell_text(cell) for cell in row] for row in worksheet.iter_rows(values_only=True)]
+        finally:
+            workbook.close()
+    raise ValueError(f"{path}: unsupported annotation format {suffix!r} (use .xlsx or .csv)")
+
+
+def _normalise(name: str) -> str:
+    return " ".join(str(name).split()).casefold()
+
+
+def _column_positions(header: list[str], columns: Mapping[str, str | None], path: Path,
+                      header_row: int) -> dict[str, int]:
+    """Sheet column index of each configured field; blank-header columns are never matched."""
+    lookup = {}
+    for index, name in enumerate(header):
+        if name and _normalise(name) not in lookup:
+            lookup[_normalise(name)] = index
+    positions = {}
+    for field in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+        name = columns.get(field)
+        if name is None:
+            if field in REQUIRED_FIELDS:
+                raise AnnotationError(f"dataset.columns.{field} must name a column of {path.name}")
+            continue
+        if _normalise(name) not in lookup:
+            found = [cell for cell in header if cell]
+            raise AnnotationError(f"{path.name}: no column {name!r} (dataset.columns.{field}) in the header on row "
+                                  f"{header_row + 1}; found {found}")
+        positions[field] = lookup[_normalise(name)]
+    return positions
+
+
+# -------------------------------------------------------------------------------------------------- the reader
+@dataclass(frozen=True)
+class _Settings:
+    """The parts of the dataset config that validating a row needs."""
+
+    sheet_name: str
+    frames_root: Path
+    frame_regex: str
+    subject_format: str
+    class_map: dict[str, str | None]  # normalised emotion -> class name, None = drop deliberately
+    classes: list[str]
+    apex_policy: str
+
+    @classmethod
+    def from_config(cls, dataset_cfg: Mapping[str, Any], sheet_path: Path) -> "_Settings":
+        apex_policy = str(dataset_cfg.get("apex_policy") or "middle")
+        if apex_policy not in APEX_POLICIES:
+            raise ValueError(f"dataset.apex_policy must be one of {APEX_POLICIES}, got {apex_policy!r}")
+        classes = [str(name) for name in dataset_cfg["classes"]]
+        class_map = {_normalise(emotion): (None if target is None else str(target))
+                     for emotion, target in dict(dataset_cfg["class_map"]).items()}
+        unknown_targets = sorted({target for target in class_map.values() if target is not None} - set(classes))
+        if unknown_targets:
+            raise ValueError(f"dataset.class_map maps to {unknown_targets}, which are not in dataset.classes "
+                             f"{classes}")
+        return cls(sheet_name=sheet_path.name,
+                   frames_root=Path(str(dataset_cfg["root"])) / str(dataset_cfg.get("frames_subdir") or ""),
+                   frame_regex=str(dataset_cfg["frame_regex"]),
+                   subject_format=str(dataset_cfg.get("subject_format") or "{}"),
+                   class_map=class_map, classes=classes, apex_policy=apex_policy)
+
+
+def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> tuple[pd.DataFrame, list[Problem]]:
+    """Read a corpus's coding sheet into the sample table and validate it against the frames on disk.
+
+    Args:
+        dataset_cfg: the ``dataset`` config node (a DictConfig or a plain mapping); keys as in the module docstring.
+        on_error: ``"raise"``: raise on the first fatal problem; ``"skip"``: drop the clips that have one.
+
+    Returns:
+        (table, problems). The table has one row per usable clip, sorted by (subject, clip), with columns
+        ``TABLE_COLUMNS``: ``dataset`` (str), ``subject`` (folder name, str), ``clip`` (str), ``frames_dir`` (str),
+        ``onset``/``apex``/``offset`` (int frame numbers), ``aus`` (tuple of int), ``emotion`` (the sheet's text),
+        ``label`` (class name), ``class_index`` (int, index into ``dataset.classes``). ``problems`` lists every
+        problem found, fatal and not, in sheet order. (Read the ``clip`` column as ``table["clip"]``:
+        ``table.clip`` is pandas' clip method.)
+
+    Raises:
+        AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
+            or when the sheet lacks a configured column.
+        FileNotFoundError: the annotation sheet does not exist.
+        ValueError: an unknown ``on_error`` or ``apex_policy``, or a ``class_map`` naming a class not in ``classes``.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    root = Path(str(dataset_cfg["root"]))
+    sheet_path = root / str(dataset_cfg["annotation"])
+    if not sheet_path.is_file():
+        raise FileNotFoundError(f"annotation sheet {sheet_path} does not exist (dataset.root / dataset.annotation)")
+    settings = _Settings.from_config(dataset_cfg, sheet_path)
+    dataset_name = str(dataset_cfg.get("name") or root.name)
+    header_row = int(dataset_cfg.get("header_row") or 0)
+
+    rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))
+    if len(rows) <= header_row:
+        raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} (the sheet has {len(rows)} rows)")
+    columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
+    positions = _column_positions(rows[header_row], columns, sheet_path, header_row)
+
+    problems: list[Problem] = []
+    records: list[dict[str, Any]] = []
+    dropped_emotions: Counter[str] = Counter()
+    first_row_of: dict[str, int] = {}
+    for row_number, cells in enumerate(rows[header_row + 1:], start=header_row + 2):
+        if not any(cells):
+            continue
+        values = {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()}
+        record, row_problems, dropped = _read_row(values, row_number, settings, first_row_of)
+        problems.extend(row_problems)
+        if dropped is not None:
+            dropped_emotions[dropped] += 1
+        elif record is not None:
+            record["dataset"] = dataset_name
+            records.append(record)
+
+    fatal = [problem for problem in problems if problem.fatal]
+    for problem in problems:
+        log.log(logging.ERROR if problem.fatal else logging.WARNING, "%s", problem)
+    if fatal and on_error == "raise":
+        raise AnnotationError(fatal[0].message, problems)
+
+    table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
+    table = table.sort_values(["subject", "clip"], kind="stable").reset_index(drop=True)
+    for name in ("onset", "apex", "offset", "class_index"):
+        table[name] = table[name].astype(np.int64)
+    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({p.row for p in fatal}))
+    return table, problems
+
+
+def _read_row(values: dict[str, str], row: int, settings: _Settings,
+              first_row_of: dict[str, int]) -> tuple[dict[str, Any] | None, list[Problem], str | None]:
+    """Validate one sheet row.
+
+    Args:
+        values: field -> cell text of this row.
+        row: its spreadsheet row number.
+        settings: the dataset settings.
+        first_row_of: clip key -> row it was first seen on (updated here, to find duplicates).
+
+    Returns:
+        (the table record, or None if the row has a fatal problem or is dropped; the row's problems; the emotion if
+        the row is dropped deliberately because its emotion maps to no class, else None).
+    """
+    subject_text, clip = values["subject"], values["clip"]
+    try:
+        number = parse_frame_number(subject_text)
+        subject = settings.subject_format.format(number if number is not None else subject_text)
+    except (ValueError, IndexError, KeyError):
+        subject = None
+    key = f"{subject or subject_text}/{clip}"
+    problems: list[Problem] = []
+
+    def problem(message: str, fatal: bool = True) -> None:
+        problems.append(Problem(row=row, clip=key, message=f"{settings.sheet_name} row {row}, clip {key}: {message}",
+                                fatal=fatal))
+
+    emotion = values["emotion"]
+    emotion_key = _normalise(emotion)
+    if emotion_key in settings.class_map and settings.class_map[emotion_key] is None:
+        return None, problems, emotion
+    if subject is None:
+        problem(f"subject {subject_text!r} does not fit dataset.subject_format {settings.subject_format!r}")
+        return None, problems, None
+    if not clip:
+        problem("the clip name (dataset.columns.clip) is empty")
+        return None, problems, None
+    if key in first_row_of:
+        problem(f"duplicate clip (first on row {first_row_of[key]})")
+        return None, problems, None
+    first_row_of[key] = row
+    if emotion_key not in settings.class_map:
+        problem(f"unknown emotion {emotion!r}: not in dataset.class_map (known: {sorted(settings.class_map)})")
+
+    onset, offset = parse_frame_number(values["onset"]), parse_frame_number(values["offset"])
+    if onset is None:
+        problem(f"non-numeric onset frame {values['onset']!r}")
+    if offset is None:
+        problem(f"non-numeric offset frame {values['offset']!r}")
+    if onset is not None and offset is not None and onset > offset:
+        problem(f"onset {onset} is after offset {offset}")
+
+    subject_dir = settings.frames_root / subject
+    frames_dir = subject_dir / clip
+    frames: dict[int, Path] = {}
+    if not subject_dir.is_dir():
+        problem(f"subject folder {subject_dir} does not exist")
+    elif not frames_dir.is_dir():
+        problem(f"clip folder {frames_dir} does not exist")
+    else:
+        frames = index_frames(frames_dir, settings.frame_regex)
+        if onset is not None and offset is not None and onset <= offset:
+            missing = [number for number in range(onset, offset + 1) if number not in frames]
+            if missing:
+                shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+                problem(f"{len(missing)} frame(s) between onset {onset} and offset {offset} missing on disk in "
+                        f"{frames_dir} (pattern {settings.frame_regex!r}): {shown}")
+    if any(p.fatal for p in problems):
+        return None, problems, None
+
+    apex_text = values.get("apex", "")
+    apex = parse_frame_number(apex_text)
+    if apex is not None and not onset <= apex <= offset:
+        problem(f"apex {apex} outside [onset {onset}, offset {offset}]")
+        return None, problems, None
+    if apex is None:
+        if settings.apex_policy == "drop":
+            problem(f"non-numeric apex {apex_text!r} (dataset.apex_policy=drop)")
+            return None, problems, None
+        if settings.apex_policy == "middle":
+            apex = (onset + offset) // 2
+            problem(f"non-numeric apex {apex_text!r}: using the middle frame {apex} (dataset.apex_policy=middle)",
+                    fatal=False)
+        else:
+            apex = estimate_apex_by_flow(frames, onset, offset)
+            problem(f"non-numeric apex {apex_text!r}: using frame {apex}, the one that moved most from onset "
+                    f"(dataset.apex_policy=max_flow)", fatal=False)
+
+    aus, unreadable = parse_action_units(values.get("aus", ""))
+    if unreadable:
+        problem(f"unreadable action unit(s) {unreadable} in {values.get('aus')!r} ignored", fatal=False)
+    label = settings.class_map[emotion_key]
+    record = {"subject": subject, "clip": clip, "frames_dir": str(frames_dir), "onset": onset, "apex": apex,
+              "offset": offset, "aus": aus, "emotion": emotion, "label": label,
+              "class_index": settings.classes.index(label)}
+    return record, problems, None
+
+
+def _log_summary(dataset: str, table: pd.DataFrame, classes: list[str], dropped_emotions: Counter[str],
+                 invalid: int) -> None:
+    counts = table["label"].value_counts()
+    per_class = ", ".join(f"{name} {int(counts.get(name, 0))}" for name in classes)
+    if dropped_emotions:
+        log.info("%s: dropped %d clips whose emotion maps to no class: %s", dataset, sum(dropped_emotions.values()),
+                 dict(sorted(dropped_emotions.items())))
+    log.info("%s: kept %d clips (%s); dropped %d with an unmapped emotion, %d invalid", dataset, len(table),
+             per_class, sum(dropped_emotions.values()), invalid)
