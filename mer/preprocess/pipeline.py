@@ -37,13 +37,11 @@ log = logging.getLogger(__name__)
 
 
 def ensure_corpus(cfg: DictConfig) -> None:
-    """Generate the synthetic corpus when the config asks for it and it is not on disk."""
-    root = Path(cfg.dataset.root).expanduser()
-    if cfg.dataset.get("generate_if_missing", False) and not (root / cfg.dataset.annotation).is_file():
-        from mer.synthetic import generate_corpus
+    """Generate the synthetic corpus when the dataset config asks for it and it is not on disk."""
+    if cfg.dataset.get("generate_if_missing", False):
+        from mer.synthetic import ensure_corpus as ensure_synthetic
 
-        log.info("generating the synthetic corpus in %s", root)
-        generate_corpus(root, **OmegaConf.to_container(cfg.dataset.generator, resolve=True))
+        ensure_synthetic(cfg.dataset)
 
 
 def clip_id(sample: pd.Series | dict) -> str:
