@@ -1,0 +1,69 @@
+"""The transformer encoder layer of the layered-relations network.
+
+A post-norm encoder layer as the paper's code defines it: multi-head self-attention whose
+query/key/value projections carry no bias, an output projection with bias, a ReLU feed-forward
+block, each sub-block followed by dropout, a residual sum and a LayerNorm (eps 1e-6). The token
+width (49 = one flattened 7x7 patch) need not equal heads x head_dim (8 x 16 = 128).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class EncoderLayer(nn.Module):
+    """One post-norm transformer encoder layer over a short token sequence.
+
+    Args:
+        width: Token width (49 for 7x7 patches).
+        heads: Number of attention heads.
+        head_dim: Width of each head; q, k and v are projected to ``heads * head_dim``.
+        ff_dim: Hidden width of the feed-forward block.
+        dropout: Dropout after the attention output projection and after the feed-forward block.
+        norm_eps: Epsilon of both LayerNorms.
+    """
+
+    def __init__(self, width: int, heads: int, head_dim: int, ff_dim: int, dropout: float, norm_eps: float):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        inner = heads * head_dim
+        self.query = nn.Linear(width, inner, bias=False)
+        self.key = nn.Linear(width, inner, bias=False)
+        self.value = nn.Linear(width, inner, bias=False)
+        self.attn_out = nn.Linear(inner, width)
+        self.norm_attn = nn.LayerNorm(width, eps=norm_eps)
+        self.ff_in = nn.Linear(width, ff_dim)
+        self.ff_out = nn.Linear(ff_dim, width)
+        self.norm_ff = nn.LayerNorm(width, eps=norm_eps)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of token sequences.
+
+        Args:
+            tokens: ``(M, L, width)``.
+
+        Returns:
+            ``(M, L, width)``.
+        """
+        batch, length, _ = tokens.shape
+        # Each projection (M, L, inner) viewed as (M, heads, L, head_dim).
+        q, k, v = (
+            projection(tokens).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            for projection in (self.query, self.key, self.value)
+        )
+        # Default scale 1/sqrt(head_dim), no dropout on the attention weights (as published).
+        attended = F.scaled_dot_product_attention(q, k, v)
+        attended = attended.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
+        x = self.norm_attn(tokens + F.dropout(self.attn_out(attended), self.dropout, self.training))
+        hidden = F.relu(self.ff_in(x))
+        return self.norm_ff(x + F.dropout(self.ff_out(hidden), self.dropout, self.training))
+
+
+def encoder_stack(
+    depth: int, width: int, heads: int, head_dim: int, ff_dim: int, dropout: float, norm_eps: float
+) -> nn.Sequential:
+    """``depth`` encoder layers in sequence (an empty, identity ``Sequential`` when ``depth == 0``)."""
+    return nn.Sequential(*(EncoderLayer(width, heads, head_dim, ff_dim, dropout, norm_eps) for _ in range(depth)))
