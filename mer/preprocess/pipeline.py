@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from mer.data.samples import AnnotationError, index_frames, read_sample_table
 from mer.preprocess.cache import (
+    HASHED_NODES,
     MANIFEST,
     atomic_save_npy,
     atomic_write_bytes,
@@ -140,7 +141,8 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     timings: dict[str, float] = {}
     todo = list(_pending(samples, clips_dir))
     log.info("%d clips, %d to process, cache %s", len(samples), len(todo), out)
-    cfg_container = OmegaConf.to_container(cfg, resolve=True)
+    # Workers get only what a clip needs (not paths/hydra, which may not resolve outside the main process).
+    cfg_container = {node: OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node] for node in HASHED_NODES}
     start = time.perf_counter()
     workers = int(cfg.preprocess.workers)
     bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress)
@@ -187,8 +189,9 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
     from mer.preprocess.au_graph import AUS, write_fold_graphs
     from mer.preprocess.rois import roi_indices
 
+    # Problem.clip reads "subject/clip".
     rejected = [
-        {"subject": "" if p.clip is None else str(p.clip).split("/")[0], "clip": str(p.clip), "reason": p.message}
+        {"subject": str(p.clip).rpartition("/")[0], "clip": str(p.clip).rpartition("/")[2], "reason": p.message}
         for p in problems
         if p.fatal
     ]
