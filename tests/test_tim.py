@@ -19,7 +19,7 @@ STEP = 0.3  # px per frame: sub-pixel motion, as in micro-expressions
 
 @pytest.fixture(scope="module")
 def render():
-    """``render(x)``: a smooth periodic RGB texture moved by ``(x, -x / 2)`` px (exact Fourier shift), in [0.15, 0.85]."""
+    """``render(x)``: a smooth periodic RGB texture moved by (x, -x / 2) px (exact Fourier shift), in [0.15, 0.85]."""
     rng = np.random.default_rng(0)
     freq_y, freq_x = np.fft.fftfreq(SIZE)[:, None, None], np.fft.fftfreq(SIZE)[None, :, None]
     spectrum = np.fft.fft2(rng.normal(size=(SIZE, SIZE, 3)), axes=(0, 1))

@@ -20,8 +20,9 @@ import numpy as np
 
 from mer.preprocess.interpolate import bracket, register_interpolator
 
-# Singular values below this fraction of the largest carry no variation of the frames (float rounding only).
-_RANK_TOLERANCE = 1e-9
+# Principal components whose standard deviation is below this fraction of the largest carry no variation of
+# the frames, only rounding (the Gram matrix squares the singular values, so float64 resolves about 1e-8).
+_RANK_TOLERANCE = 1e-6
 
 
 def path_graph_curve(positions: np.ndarray, num_frames: int) -> np.ndarray:
@@ -78,19 +79,28 @@ def tim(
 
     flat = frames.reshape(num_frames, -1).astype(np.float64)
     mean = flat.mean(axis=0)
-    # PCA of the mean-removed frames: T points span at most T - 1 dimensions.
-    left, singular, basis = np.linalg.svd(flat - mean, full_matrices=False)
-    rank = int(np.count_nonzero(singular > _RANK_TOLERANCE * singular[0]))
+    centred = flat - mean  # (T, D)
+    # PCA of the T mean-removed frames (at most T - 1 components) by the method of snapshots: the
+    # eigenvectors of the small T x T Gram matrix are the frames' coordinates on the principal axes, up to
+    # their scale, so the D-dimensional axes are never formed.
+    eigenvalues, coordinates = np.linalg.eigh(centred @ centred.T)  # eigenvalues: squared singular values
+    eigenvalues, coordinates = eigenvalues[::-1], coordinates[:, ::-1]  # largest first
+    rank = int(np.count_nonzero(eigenvalues > _RANK_TOLERANCE**2 * eigenvalues[0]))
     kept = rank if components is None else min(components, rank)
-    scores = left[:, :kept] * singular[:kept]  # (T, kept): the frames in PCA coordinates
+    scales = np.sqrt(eigenvalues[:kept])  # the singular values
+    scores = coordinates[:, :kept] * scales  # (T, kept): the frames in PCA coordinates
 
-    # Learn x_i = M F(i). The curve's coordinates are orthogonal over the T frames and orthogonal to the
-    # constant, as are the mean-removed scores, so the least-squares fit is exact.
+    # Learn x_i = M F(i) by least squares. The curve's T - 1 coordinates, being eigenvectors of the Laplacian,
+    # are orthogonal over the T frames (squared norm T / 2 each), so the fit is M = (2 / T) F^T X; it is
+    # exact, because they span every time course orthogonal to the constant, as the mean-removed scores are.
     curve = path_graph_curve(np.arange(num_frames), num_frames)  # (T, T - 1)
-    mapping, *_ = np.linalg.lstsq(curve, scores, rcond=None)  # (T - 1, kept)
+    mapping = (2.0 / num_frames) * curve.T @ scores  # (T - 1, kept)
 
     positions = np.interp(stamps, frame_numbers, np.arange(num_frames, dtype=np.float64))
     new_scores = path_graph_curve(positions, num_frames) @ mapping  # (K, kept)
-    result = new_scores @ basis[:kept] + mean
+    # Back to images: a principal axis is (its coordinates / its scale) . centred frames, so every new frame is
+    # a weighted sum of the centred frames.
+    weights = (new_scores / scales) @ coordinates[:, :kept].T  # (K, T)
+    result = weights @ centred + mean
     # The trigonometric fit may overshoot the recorded range slightly near sharp changes.
     return np.clip(result, 0.0, 1.0).astype(np.float32).reshape(len(stamps), *frames.shape[1:])
