@@ -2,8 +2,8 @@
 
 A magnifier turns the onset frame and the N later frames into, for every alpha, the magnified frames and
 the motion maps the ROI patches are cut from. It owns the motion maps because they differ per method: the
-Lagrangian magnifier scales the measured flow; an Eulerian one would measure the flow of the frames it
-renders; MagNet would return its own motion representation.
+Lagrangian magnifier scales the measured flow; the Eulerian one (``mer.preprocess.eulerian``) measures the
+flow of the frames it renders; MagNet would return its own motion representation.
 
 Magnifying the motion ``d`` from the onset to frame k by ``alpha`` renders a frame whose motion from the onset is
 ``(1 + alpha) d`` (Wu et al. 2012; MagNet's ``m_B + h(alpha g(m_B - m_A))``): ``alpha = 0`` leaves the frame
