@@ -23,7 +23,7 @@ from skimage import data
 from mer.preprocess.clip import load_frames, process_clip, select_frames
 from mer.preprocess.face import crop_frames, detect_face, landmarks
 from mer.preprocess.flow import warp
-from mer.preprocess.interpolate import get_interpolator
+from mer.preprocess.interpolate import WHOLE_SEGMENT, get_interpolator
 from mer.preprocess.motion import MotionSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -71,21 +71,22 @@ def main() -> None:
         runs = [process_clip(sample, paths, cfg).timings for _ in range(args.repeats)]
         cpu_seconds = (time.process_time() - cpu_start) / args.repeats
         # The magnify stage's parts, on the clip's own frames.
-        stamps, numbers = select_frames(sample, np.array(sorted(paths)), args.frames, "apex", False)
+        stamps, numbers = select_frames(sample, np.array(sorted(paths)), args.frames, "apex", False,
+                                        cfg.interpolation.name in WHOLE_SEGMENT)
         crops = crop_frames(load_frames(paths, numbers), result.crop, cfg.preprocess.face.crop_size)
         selected = get_interpolator(cfg.interpolation)(crops, numbers, stamps)
     motion = MotionSpec.from_config(cfg.motion, cfg.preprocess.map_size)
-    alpha = np.asarray(cfg.magnification.alphas, dtype=np.float32)[:, None, None, None, None]
+    gain = 1 + np.asarray(cfg.magnification.alphas, dtype=np.float32)[:, None, None, None, None]
     parts = {"flows": [], "maps": [], "warps": []}
     for _ in range(args.repeats):
         start = time.perf_counter()
         flows = motion.flows(selected[0], selected[1:])
         parts["flows"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        alpha * motion.maps(flows)[None]
+        gain * motion.maps(flows)[None]
         parts["maps"].append(time.perf_counter() - start)
         start = time.perf_counter()
-        warp(selected[0], -alpha * flows[None])
+        warp(selected[0], -gain * flows[None])
         parts["warps"].append(time.perf_counter() - start)
 
     alphas = len(cfg.magnification.alphas)

@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 from skimage import data
 
+from mer.preprocess import clip as clip_module
 from mer.preprocess.clip import process_clip
 from mer.preprocess.errors import ClipError
 from mer.preprocess.face import crop_frames, detect_face, landmarks
@@ -91,7 +92,8 @@ def test_motion_energy_is_at_the_mouth_not_the_eyebrows(result):
 
 
 def test_patches_scale_with_alpha_and_come_from_the_test_alpha_maps(result):
-    np.testing.assert_allclose(result.patches[1], result.patches[0] * (2.0 / 1.2), rtol=1e-5, atol=1e-6)
+    # Lagrangian maps are (1 + alpha) times the flow's.
+    np.testing.assert_allclose(result.patches[1], result.patches[0] * (3.0 / 2.2), rtol=1e-5, atol=1e-6)
     centres = result.landmarks[roi_indices(make_cfg().rois).indices]
     np.testing.assert_array_equal(extract_patches(result.maps, centres, 7), result.patches[1])  # alpha 2.0
 
@@ -128,6 +130,35 @@ def test_span_offset_and_flow_warp_interpolation(clip):
                                                  "+interpolation.flow=dis"))
     np.testing.assert_allclose(other.stamps, [101, 103.5, 106, 108.5, 111])
     assert np.isfinite(other.patches).all()
+
+
+def test_tim_is_given_every_frame_from_onset_to_apex(clip, monkeypatch):
+    sample, paths, _ = clip
+    loaded = []
+    load_frames = clip_module.load_frames
+
+    def recording_load_frames(frame_paths, numbers):
+        loaded.append(list(numbers))
+        return load_frames(frame_paths, numbers)
+
+    monkeypatch.setattr(clip_module, "load_frames", recording_load_frames)
+    # N = 2: the stamps 101, 104, 107 fall on recorded frames, whose neighbours alone would be those three.
+    linear = process_clip(sample, paths, make_cfg("frames=2"))
+    tim = process_clip(sample, paths, make_cfg("frames=2", "interpolation.name=tim", "+interpolation.components=null"))
+    assert loaded == [[101, 104, 107], list(range(ONSET, APEX + 1))]
+    np.testing.assert_allclose(tim.stamps, [101, 104, 107])
+    # On recorded stamps TIM returns the recorded frames, so everything downstream agrees.
+    np.testing.assert_allclose(tim.onset, linear.onset, atol=1e-5)
+    np.testing.assert_allclose(tim.maps, linear.maps, atol=0.01 * linear.maps.max())
+
+
+def test_eulerian_magnification_end_to_end(clip, result):
+    sample, paths, _ = clip
+    other = process_clip(sample, paths, make_cfg("magnification.name=eulerian", "+magnification.cutoff_wavelength=16"))
+    assert other.patches.shape == (2, 4, 30, 1, 7, 7) and np.isfinite(other.patches).all()
+    mouth = np.square(other.patches[:, :, 10:]).mean(axis=(1, 2, 3, 4, 5))  # per alpha
+    assert mouth[1] > mouth[0]  # alpha 2.0 moves the mouth more than alpha 1.2
+    assert mouth.mean() > 10 * np.square(other.patches[:, :, :10]).mean()
 
 
 def test_missing_frame_rejects_the_clip_naming_it(clip):

@@ -142,26 +142,26 @@ def test_maps_are_positively_homogeneous(channels):
     )
 
 
-def test_lagrangian_magnifies_a_subpixel_shift_by_alpha(texture):
+def test_lagrangian_moves_a_subpixel_shift_by_one_plus_alpha(texture):
     shift = 0.2
     frames = np.stack([shifted(texture, shift * k / 2, 0.0) for k in (1, 2)])  # 0.1 px, 0.2 px
-    alphas = [1.0, 2.0, 3.0]
+    alphas = [0.0, 1.0, 2.0]
     motion = MotionSpec("tvl1_skimage", "magnitude", SIZE)
     result = lagrangian(texture, frames, alphas, motion)
     assert result.frames.shape == (3, 2, SIZE, SIZE, 3)
     assert result.motion_maps.shape == (3, 2, 1, SIZE, SIZE)
     for a, alpha in enumerate(alphas):
         measured = interior(estimate_flow(texture, result.frames[a, 1], "tvl1_skimage"))[..., 0].mean()
-        assert measured == pytest.approx(alpha * shift, abs=0.03)
+        assert measured == pytest.approx((1 + alpha) * shift, abs=0.03)
         map_mean = result.motion_maps[a, 1, 0, 12:-12, 12:-12].mean()
-        assert map_mean == pytest.approx(alpha * shift, abs=0.03)
-    # alpha = 1 renders the recorded frame.
+        assert map_mean == pytest.approx((1 + alpha) * shift, abs=0.03)
+    # alpha = 0 renders the recorded frame.
     rendering_error = np.abs(interior(result.frames[0, 1] - frames[1])).mean()
     assert rendering_error < 0.35 * np.abs(interior(frames[1] - texture)).mean()
 
 
-def test_lagrangian_rejects_non_positive_alphas(texture):
-    with pytest.raises(ValueError, match="positive"):
+def test_lagrangian_rejects_negative_alphas(texture):
+    with pytest.raises(ValueError, match="non-negative"):
         lagrangian(texture, texture[None], [1.0, -2.0], MotionSpec())
 
 

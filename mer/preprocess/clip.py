@@ -15,7 +15,7 @@ import numpy as np
 
 from mer.preprocess.errors import ClipError
 from mer.preprocess.face import CropBox, FaceBox, box_in_crop, crop_box, crop_frames, find_face, landmarks
-from mer.preprocess.interpolate import frames_needed, get_interpolator, time_stamps
+from mer.preprocess.interpolate import WHOLE_SEGMENT, frames_needed, get_interpolator, time_stamps
 from mer.preprocess.magnify import get_magnifier
 from mer.preprocess.motion import MotionSpec
 from mer.preprocess.rois import extract_patches, roi_indices
@@ -76,7 +76,12 @@ def _frame_number(sample: Mapping[str, Any], key: str) -> int:
 
 
 def select_frames(
-    sample: Mapping[str, Any], available: np.ndarray, n: int, span: str, allow_gaps: bool
+    sample: Mapping[str, Any],
+    available: np.ndarray,
+    n: int,
+    span: str,
+    allow_gaps: bool,
+    whole_segment: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The time stamps of a clip and the recorded frames they need.
 
@@ -87,6 +92,8 @@ def select_frames(
         span: ``"apex"`` or ``"offset"``, where the stamps end.
         allow_gaps: Accept missing frame numbers between onset and end (SMIC's numbering has gaps); when
             false a missing frame rejects the clip.
+        whole_segment: Load every recorded frame from onset to end (an interpolator that models the whole
+            segment, such as TIM), not only the neighbours of the stamps.
 
     Returns:
         ``stamps`` ``(n + 1,)`` and the frame numbers to load (onset first, then ascending).
@@ -105,7 +112,7 @@ def select_frames(
         shown = ", ".join(map(str, missing[:10])) + (", ..." if missing.size > 10 else "")
         raise ClipError(f"missing frame(s) {shown} of onset..{span} {onset}..{end} in {sample.get('frames_dir')}")
     stamps = time_stamps(onset, end, n)
-    return stamps, frames_needed(available, stamps)
+    return stamps, frames_needed(available, stamps, whole_segment)
 
 
 def load_frames(frame_paths: Mapping[int, Path], numbers: np.ndarray) -> np.ndarray:
@@ -179,7 +186,8 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
     crop_size = int(face_cfg.get("crop_size", 128))
     motion = MotionSpec.from_config(cfg["motion"], settings.get("map_size", crop_size))
     rois = roi_indices(cfg["rois"])
-    interpolate = get_interpolator(cfg["interpolation"])
+    interpolate = get_interpolator(cfg["interpolation"])  # registers it first if it lives in its own module
+    whole_segment = cfg["interpolation"]["name"] in WHOLE_SEGMENT
     magnify = get_magnifier(cfg["magnification"])
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -188,7 +196,7 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         available = np.array(sorted(int(n) for n in frame_paths), dtype=np.int64)
         stamps, numbers = select_frames(
             sample, available, int(cfg["frames"]), settings.get("span", "apex"),
-            bool(settings.get("allow_frame_gaps", False)),
+            bool(settings.get("allow_frame_gaps", False)), whole_segment,
         )
         frames = load_frames(frame_paths, numbers)
 

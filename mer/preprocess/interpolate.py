@@ -6,11 +6,14 @@ exactly; a stamp between two recorded frames is synthesised from its two neighbo
 Interpolators share one signature, ``fn(frames, frame_numbers, stamps, **options) -> (K, H, W, 3)``, and
 register by name in :data:`INTERPOLATORS`; ``options`` are the keys of the ``interpolation`` config group
 other than ``name``. A learned interpolator (RIFE) registers the same way and may cache its network per
-process.
+process. Most interpolators read only the two recorded neighbours of each stamp; one that models the whole
+onset..end segment (TIM) registers with ``whole_segment=True`` and is given every recorded frame of it.
+Interpolators defined in modules of their own are listed in :data:`_MODULES` and imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -21,16 +24,31 @@ from mer.preprocess.flow import estimate_flows, warp
 
 Interpolator = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 INTERPOLATORS: dict[str, Callable[..., np.ndarray]] = {}
+# Names of the interpolators that read every recorded frame from the onset to the end of the stamps.
+WHOLE_SEGMENT: set[str] = set()
+# Interpolators registered by modules of their own: imported when first asked for, so that a process pays for
+# a module's imports only when it uses it.
+_MODULES = {"tim": "mer.preprocess.tim"}
 
 # A stamp closer than this to a frame number is that frame (stamps are computed in floating point).
 _ON_FRAME_TOLERANCE = 1e-6
 
 
-def register_interpolator(name: str) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Decorator adding an interpolator to :data:`INTERPOLATORS` under ``name``."""
+def register_interpolator(
+    name: str, whole_segment: bool = False
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Decorator adding an interpolator to :data:`INTERPOLATORS` under ``name``.
+
+    Args:
+        name: The ``interpolation.name`` that selects it.
+        whole_segment: It reads every recorded frame from the first stamp to the last (see
+            :func:`frames_needed`), not only the neighbours of each stamp.
+    """
 
     def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         INTERPOLATORS[name] = fn
+        if whole_segment:
+            WHOLE_SEGMENT.add(name)
         return fn
 
     return add
@@ -43,8 +61,10 @@ def get_interpolator(cfg: Mapping[str, Any]) -> Interpolator:
         ValueError: An unknown name.
     """
     name = cfg["name"]
+    if name not in INTERPOLATORS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
     if name not in INTERPOLATORS:
-        raise ValueError(f"unknown interpolation {name!r}; registered: {sorted(INTERPOLATORS)}")
+        raise ValueError(f"unknown interpolation {name!r}; registered: {sorted(set(INTERPOLATORS) | set(_MODULES))}")
     options = {key: value for key, value in dict(cfg).items() if key != "name"}
     return partial(INTERPOLATORS[name], **options)
 
@@ -105,18 +125,23 @@ def bracket(frame_numbers: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, 
     return lower, upper, weight
 
 
-def frames_needed(frame_numbers: np.ndarray, stamps: np.ndarray) -> np.ndarray:
-    """The recorded frame numbers an interpolation of ``stamps`` reads: the neighbours of every stamp.
+def frames_needed(frame_numbers: np.ndarray, stamps: np.ndarray, whole_segment: bool = False) -> np.ndarray:
+    """The recorded frame numbers an interpolation of ``stamps`` reads.
 
     Args:
         frame_numbers: ``(T,)`` recorded frame numbers, strictly increasing.
         stamps: ``(K,)`` time stamps.
+        whole_segment: Every recorded frame from the first stamp's lower neighbour to the last stamp's upper
+            one (an interpolator registered with ``whole_segment=True``); otherwise the neighbours of every
+            stamp only.
 
     Returns:
         Sorted unique frame numbers, int64.
     """
     frame_numbers = np.asarray(frame_numbers)
     lower, upper, _ = bracket(frame_numbers, stamps)
+    if whole_segment:
+        return frame_numbers[lower.min() : upper.max() + 1].astype(np.int64)
     return np.unique(frame_numbers[np.concatenate([lower, upper])]).astype(np.int64)
 
 

@@ -2,16 +2,22 @@
 
 A magnifier turns the onset frame and the N later frames into, for every alpha, the magnified frames and
 the motion maps the ROI patches are cut from. It owns the motion maps because they differ per method: the
-Lagrangian magnifier scales the measured flow; an Eulerian one would measure the flow of the frames it
-renders; MagNet would return its own motion representation.
+Lagrangian magnifier scales the measured flow; the Eulerian one (``mer.preprocess.eulerian``) measures the
+flow of the frames it renders; MagNet would return its own motion representation.
+
+Magnifying the motion ``d`` from the onset to frame k by ``alpha`` renders a frame whose motion from the onset is
+``(1 + alpha) d`` (Wu et al. 2012; MagNet's ``m_B + h(alpha g(m_B - m_A))``): ``alpha = 0`` leaves the frame
+as recorded.
 
 Magnifiers share one signature, ``fn(onset, frames, alphas, motion, **options) -> Magnified``, and register
 by name in :data:`MAGNIFIERS`; ``options`` are the keys of the ``magnification`` config group other than
-``name``, ``alphas`` and ``test_alpha``.
+``name``, ``alphas`` and ``test_alpha``. Magnifiers defined in modules of their own are listed in
+:data:`_MODULES` and imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +45,8 @@ class Magnified:
 Magnifier = Callable[[np.ndarray, np.ndarray, Sequence[float], MotionSpec], Magnified]
 MAGNIFIERS: dict[str, Callable[..., Magnified]] = {}
 _GROUP_KEYS = ("name", "alphas", "test_alpha")  # keys of the config group that are not options
+# Magnifiers registered by modules of their own: imported when first asked for.
+_MODULES = {"eulerian": "mer.preprocess.eulerian"}
 
 
 def register_magnifier(name: str) -> Callable[[Callable[..., Magnified]], Callable[..., Magnified]]:
@@ -58,10 +66,24 @@ def get_magnifier(cfg: Mapping[str, Any]) -> Magnifier:
         ValueError: An unknown name.
     """
     name = cfg["name"]
+    if name not in MAGNIFIERS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
     if name not in MAGNIFIERS:
-        raise ValueError(f"unknown magnification {name!r}; registered: {sorted(MAGNIFIERS)}")
+        raise ValueError(f"unknown magnification {name!r}; registered: {sorted(set(MAGNIFIERS) | set(_MODULES))}")
     options = {key: value for key, value in dict(cfg).items() if key not in _GROUP_KEYS}
     return partial(MAGNIFIERS[name], **options)
+
+
+def amplification_factors(alphas: Sequence[float]) -> np.ndarray:
+    """The amplification factors as ``(A,)`` float32.
+
+    Raises:
+        ValueError: An empty list or a negative factor.
+    """
+    alpha = np.asarray(alphas, dtype=np.float32)
+    if alpha.ndim != 1 or len(alpha) == 0 or np.any(alpha < 0):
+        raise ValueError(f"amplification factors must be a non-empty list of non-negative numbers, got {alphas}")
+    return alpha
 
 
 @register_magnifier("none")
@@ -91,27 +113,25 @@ def no_magnification(
 def lagrangian(onset: np.ndarray, frames: np.ndarray, alphas: Sequence[float], motion: MotionSpec) -> Magnified:
     """Flow-based (Lagrangian) magnification.
 
-    The flow ``f_k = flow(onset, frame_k)`` is estimated once per frame. For each alpha, the motion map is
-    ``map(alpha * f_k)`` (computed as ``alpha * map(f_k)``, exact because every map channel is positively
-    homogeneous in the flow) and the magnified frame is the onset moved by ``alpha * f_k``: since the onset
-    pixel at ``x`` moves to ``x + f_k(x)``, the frame is ``onset(x - alpha f_k(x))``, i.e.
-    ``warp(onset, -alpha f_k)`` (first order in the motion, as Lagrangian magnification always is).
+    The flow ``f_k = flow(onset, frame_k)`` is estimated once per frame and the magnified motion is
+    ``(1 + alpha) f_k``. For each alpha, the motion map is ``map((1 + alpha) f_k)`` (computed as
+    ``(1 + alpha) map(f_k)``, exact because every map channel is positively homogeneous in the flow) and the
+    magnified frame is the onset moved by ``(1 + alpha) f_k``: since the onset pixel at ``x`` moves to
+    ``x + f_k(x)``, the frame is ``onset(x - (1 + alpha) f_k(x))``, i.e. ``warp(onset, -(1 + alpha) f_k)``
+    (first order in the motion, as Lagrangian magnification always is).
 
     Args:
         onset: ``(H, W, 3)`` float32 in [0, 1], frame 0.
         frames: ``(K, H, W, 3)`` float32, frames 1..K.
-        alphas: A amplification factors, all > 0.
+        alphas: A amplification factors, all >= 0.
         motion: Flow method and map settings.
 
     Returns:
         :class:`Magnified` ``(A, K, H, W, 3)`` frames and ``(A, K, C, h, w)`` maps.
     """
-    alpha = np.asarray(alphas, dtype=np.float32)
-    if alpha.ndim != 1 or len(alpha) == 0 or np.any(alpha <= 0):
-        raise ValueError(f"amplification factors must be a non-empty list of positive numbers, got {alphas}")
+    gain = 1 + amplification_factors(alphas)[:, None, None, None, None]  # (A, 1, 1, 1, 1)
     flows = motion.flows(onset, frames)  # (K, H, W, 2)
-    per_alpha = alpha[:, None, None, None, None]
     return Magnified(
-        frames=warp(onset, -per_alpha * flows[None]),
-        motion_maps=per_alpha * motion.maps(flows)[None],
+        frames=warp(onset, -gain * flows[None]),
+        motion_maps=gain * motion.maps(flows)[None],
     )
