@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -60,8 +62,8 @@ def test_complete_cache_contents(built):
         graph = cache.fold_graph(fold)
         assert str(graph["test_subject"]) == subject and graph["adjacency"].shape == (9, 9)
     assert (out / "rejected.csv").read_text().strip() == "subject,clip,reason"
-    # lagrangian maps scale linearly with alpha: alpha 3.0 is 1.5x alpha 2.0
-    np.testing.assert_allclose(cache.patches[:, 9], 1.5 * cache.patches[:, 4], rtol=1e-5, atol=1e-6)
+    # lagrangian maps scale linearly with the output motion (1 + alpha): alpha 3.0 is 4/3 of alpha 2.0
+    np.testing.assert_allclose(cache.patches[:, 9], 4 / 3 * cache.patches[:, 4], rtol=1e-5, atol=1e-6)
 
 
 def test_second_run_is_a_noop(built):
@@ -182,12 +184,12 @@ def test_killed_process_resumes_to_identical_cache(tiny_corpus, tmp_path):
     reference = tmp_path / "ref"
     subprocess.run(args + [f"paths.cache_dir={reference}"], check=True, capture_output=True, cwd=REPO)
     victim = tmp_path / "victim"
-    process = subprocess.Popen(args + [f"paths.cache_dir={victim}"], cwd=REPO,
+    process = subprocess.Popen(args + [f"paths.cache_dir={victim}"], cwd=REPO, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and not list(victim.rglob("clips/*.npz")):
         time.sleep(0.05)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)  # the run and its worker processes, as a terminal's kill would
     process.wait()
     (cache_dir,) = [p for p in victim.glob("synthetic/*") if p.is_dir()]
     assert not is_complete(cache_dir)
