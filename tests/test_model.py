@@ -237,6 +237,7 @@ def test_normalize_adjacency_by_hand():
     # A + I = [[1, 1], [0.5, 1]], row degrees d = [2, 1.5]; entry (i, j) / sqrt(d_i d_j).
     expected = torch.tensor([[1 / 2, 1 / math.sqrt(3)], [0.5 / math.sqrt(3), 1 / 1.5]])
     torch.testing.assert_close(normalize_adjacency(a), expected)
+    torch.testing.assert_close(normalize_adjacency(torch.tensor(a)), expected)  # a tensor as well as an array
 
 
 @pytest.mark.parametrize(

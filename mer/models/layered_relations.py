@@ -201,7 +201,7 @@ class LayeredRelationsNet(nn.Module):
         self.fusion = fusion
         self.paths = paths
         paths_used = num_paths if paths == "all" else 1
-        num_aus = int(np.asarray(au_adjacency).shape[0])
+        num_aus = len(au_adjacency)
 
         self.trunk = VisualTrunk(
             self.region_sizes, in_channels, patch_size, conv_kernel_size, heads, head_dim, ff_dim,
