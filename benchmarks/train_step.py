@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mer.models import LayeredRelationsNet, build_model  # noqa: E402
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "layered_relations.yaml"
 REGION_SIZES = [10, 20]
 NUM_CLASSES = 4
 NUM_AUS = 9
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--loop", action="store_true", help="run the paths in a Python loop, for comparison")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "conf/model/layered_relations.yaml"))
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="a model config without a defaults list")
     args = parser.parse_args()
 
     if args.threads is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from pathlib import Path
 
@@ -12,8 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from mer.models import build_model
+from mer.models import LayeredRelationsNet, build_model
 from mer.models.au_graph import normalize_adjacency
+from mer.models.encoder import fast_dropout
 
 MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 MODEL_CONFIGS = sorted(path.stem for path in (MODEL_CONF_DIR / "model").glob("*.yaml"))
@@ -100,6 +102,24 @@ def test_every_parameter_receives_a_gradient(default_cfg, co_occurrence):
     assert missing == [] and zero == []
     # Every one of the 12 adjacencies is reached, not just some.
     assert named["au_graphs.adjacency"].grad.flatten(1).abs().sum(dim=1).gt(0).all()
+
+
+def test_fast_dropout_is_inverted_dropout():
+    x = torch.rand(200_000) + 1.0
+    torch.manual_seed(0)
+    out = fast_dropout(x, 0.1, training=True)
+    dropped = out == 0
+    assert abs(dropped.float().mean().item() - 0.1) < 0.005
+    torch.testing.assert_close(out[~dropped], x[~dropped] / 0.9)
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0, training=True) is x
+
+
+def test_dropout_is_active_in_training_only(default_cfg, co_occurrence):
+    model = make_model(default_cfg, co_occurrence)
+    patches = random_patches(2, 12, PAPER_REGIONS, 1)
+    with torch.no_grad():
+        assert not torch.equal(model.train()(patches), model(patches))
+        assert torch.equal(model.eval()(patches), model(patches))
 
 
 # --- Equivalence with a plain per-path loop ---------------------------------------------------------------------
@@ -217,6 +237,7 @@ def test_normalize_adjacency_by_hand():
     # A + I = [[1, 1], [0.5, 1]], row degrees d = [2, 1.5]; entry (i, j) / sqrt(d_i d_j).
     expected = torch.tensor([[1 / 2, 1 / math.sqrt(3)], [0.5 / math.sqrt(3), 1 / 1.5]])
     torch.testing.assert_close(normalize_adjacency(a), expected)
+    torch.testing.assert_close(normalize_adjacency(torch.tensor(a)), expected)  # a tensor as well as an array
 
 
 @pytest.mark.parametrize(
@@ -264,9 +285,8 @@ def test_fixed_adjacency_is_a_saved_buffer(co_occurrence):
 
 
 def test_every_model_config_is_tested():
-    assert {"layered_relations", "no_region_layer", "no_joint_layer", "no_au_graph", "fixed_adjacency", "one_path"} <= set(
-        MODEL_CONFIGS
-    )
+    expected = {"layered_relations", "no_region_layer", "no_joint_layer", "no_au_graph", "fixed_adjacency", "one_path"}
+    assert expected <= set(MODEL_CONFIGS)
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
@@ -299,6 +319,17 @@ def test_ablation_switches_change_the_network(co_occurrence):
     # One path: 11 paths' graph parts and score norms fewer, a LayerNorm(9) + Linear 9 -> 4 head.
     per_path = (4_320 + 38_400 + 153_600 + 972 + 216) // 12
     assert full - sizes["one_path"] == 11 * per_path + (216 + 436) - (18 + 40)
+
+
+def test_constructor_defaults_are_the_config_defaults(default_cfg):
+    """The published sizes live in the YAML; the class's keyword defaults must not drift from them."""
+    signature = inspect.signature(LayeredRelationsNet).parameters
+    settings = OmegaConf.to_container(default_cfg)
+    del settings["name"], settings["architecture"]
+    assert settings.keys() == {key for key, p in signature.items() if p.default is not inspect.Parameter.empty}
+    for key, value in settings.items():
+        default = signature[key].default
+        assert (list(default) if isinstance(default, tuple) else default) == value, key
 
 
 def test_model_overrides_and_errors(co_occurrence):

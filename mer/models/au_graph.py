@@ -29,7 +29,7 @@ def normalize_adjacency(adjacency: torch.Tensor | np.ndarray) -> torch.Tensor:
     Raises:
         ValueError: If the matrix is not square, not finite or has negative entries.
     """
-    a = torch.as_tensor(np.asarray(adjacency), dtype=torch.float32)
+    a = torch.as_tensor(adjacency, dtype=torch.float32).detach().cpu()
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"AU adjacency must be a square (K, K) matrix, got shape {tuple(a.shape)}")
     if not torch.isfinite(a).all() or (a < 0).any():

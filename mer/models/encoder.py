@@ -12,6 +12,18 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout, as ``F.dropout``, with its keep-mask drawn by ``rand_like`` instead of ``bernoulli_``.
+
+    On CPU, ``F.dropout`` draws its mask with ``bernoulli_``, which is several times slower than the
+    vectorised ``uniform_``; with 27 dropouts per step this alone was ~13% of a training step.
+    """
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand_like(x).ge_(p).div_(1.0 - p)  # 0 or 1/(1-p)
+    return x * keep
+
+
 class EncoderLayer(nn.Module):
     """One post-norm transformer encoder layer over a short token sequence.
 
@@ -57,9 +69,9 @@ class EncoderLayer(nn.Module):
         # Default scale 1/sqrt(head_dim), no dropout on the attention weights (as published).
         attended = F.scaled_dot_product_attention(q, k, v)
         attended = attended.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
-        x = self.norm_attn(tokens + F.dropout(self.attn_out(attended), self.dropout, self.training))
+        x = self.norm_attn(tokens + fast_dropout(self.attn_out(attended), self.dropout, self.training))
         hidden = F.relu(self.ff_in(x))
-        return self.norm_ff(x + F.dropout(self.ff_out(hidden), self.dropout, self.training))
+        return self.norm_ff(x + fast_dropout(self.ff_out(hidden), self.dropout, self.training))
 
 
 def encoder_stack(

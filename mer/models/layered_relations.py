@@ -34,6 +34,10 @@ class PatchTokenizer(nn.Module):
     With C channels per ROI the conv maps R*C input channels to R outputs in R groups, so each ROI's
     token sees only its own C channels; with C = 1 it is a depthwise conv over the R patches.
 
+    The network feeds all B*N paths through at once, so in training BatchNorm's batch statistics are
+    taken over every path of the batch (the published per-path loop took them over B patches, N times
+    per step); in evaluation, with running statistics, the two are identical.
+
     Args:
         num_rois: R.
         in_channels: C.
@@ -92,12 +96,14 @@ class VisualTrunk(nn.Module):
         num_rois = sum(self.region_sizes)
         width = patch_size * patch_size
         layer_sizes = dict(
-            width=width, heads=heads, head_dim=head_dim, ff_dim=ff_dim, dropout=encoder_dropout, norm_eps=encoder_norm_eps
+            width=width, heads=heads, head_dim=head_dim, ff_dim=ff_dim, dropout=encoder_dropout,
+            norm_eps=encoder_norm_eps,
         )
         self.tokenizer = PatchTokenizer(num_rois, in_channels, kernel_size)
+        # One stack per region (none at all when region_layers == 0, the ablation without layer 1).
         self.region_encoders = nn.ModuleList(
-            encoder_stack(region_layers, **layer_sizes) for _ in self.region_sizes
-        ) if region_layers > 0 else nn.ModuleList()
+            encoder_stack(region_layers, **layer_sizes) for _ in self.region_sizes if region_layers > 0
+        )
         self.joint_encoder = encoder_stack(joint_layers, **layer_sizes)
         mlp: list[nn.Module] = []
         widths = [num_rois * width, *mlp_hidden, feature_dim]
@@ -182,10 +188,11 @@ class LayeredRelationsNet(nn.Module):
         if paths not in PATH_SELECTIONS:
             raise ValueError(f"paths must be one of {PATH_SELECTIONS}, got {paths!r}")
         if not region_sizes or any(int(size) < 1 for size in region_sizes):
-            raise ValueError(f"region_sizes must be a non-empty list of positive ROI counts, got {list(region_sizes)}")
+            raise ValueError(f"region_sizes must list positive ROI counts, one per region; got {list(region_sizes)}")
         if num_paths < 1 or num_classes < 2 or in_channels < 1:
             raise ValueError(
-                f"need num_paths >= 1, num_classes >= 2, in_channels >= 1; got {num_paths}, {num_classes}, {in_channels}"
+                "need num_paths >= 1, num_classes >= 2 and in_channels >= 1; "
+                f"got {num_paths}, {num_classes}, {in_channels}"
             )
         self.region_sizes = [int(size) for size in region_sizes]
         self.num_paths = num_paths
@@ -194,7 +201,7 @@ class LayeredRelationsNet(nn.Module):
         self.fusion = fusion
         self.paths = paths
         paths_used = num_paths if paths == "all" else 1
-        num_aus = int(np.asarray(au_adjacency).shape[0])
+        num_aus = len(au_adjacency)
 
         self.trunk = VisualTrunk(
             self.region_sizes, in_channels, patch_size, conv_kernel_size, heads, head_dim, ff_dim,
