@@ -9,6 +9,11 @@ seeded random ones: the cost does not depend on the values), and the script chec
 agree. Stages are timed interleaved (loop, batched, loop, batched, ...) and the fastest of
 ``--repeats`` runs is kept, which damps the noise of a shared machine.
 
+The speed-up depends on the thread count: with several intra-op threads every single-pair
+call pays thread synchronisation that batches amortise; with ``--threads 1`` what remains is
+the arithmetic saved (each frame encoded once instead of twice per alpha) and better kernels
+for batches, since the decoder, most of the work, runs once per (frame, alpha) either way.
+
     python benchmarks/learned_stages.py [--size 256] [--frames 12] [--alphas 10] [--repeats 2] [--threads T]
 """
 

