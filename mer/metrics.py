@@ -43,8 +43,8 @@ def pooled_metrics(labels: Sequence[int], predictions: Sequence[int], class_name
     Raises:
         ValueError: If a class never occurs in ``labels``, or the inputs disagree in length.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.int64)
+    y = np.array(labels, dtype=np.int64)  # copies: torch refuses read-only numpy buffers
+    p = np.array(predictions, dtype=np.int64)
     num_classes = len(class_names)
     if y.shape != p.shape or y.ndim != 1 or y.size == 0:
         raise ValueError(f"labels and predictions must be equal-length non-empty vectors, got {y.shape} and {p.shape}")
