@@ -41,7 +41,7 @@ def resolve_cache(cfg: DictConfig) -> Path:
         return run_preprocessing(cfg)
     overrides = " ".join(
         f"{k}={v}" for k, v in (
-            ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.root),
+            ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
             ("dataset.class_set", cfg.dataset.get("class_set")), ("frames", cfg.frames),
             ("rois", cfg.rois.name), ("interpolation", cfg.interpolation.name),
             ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),

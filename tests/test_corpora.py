@@ -318,7 +318,8 @@ def test_composite_table(composite_root: Path) -> None:
 def test_composite_list_wins_and_missing_clips_are_errors(composite_root: Path, tmp_path: Path) -> None:
     members = [m if m[2] != "EP11_01" else m[:3] + ("positive",) for m in COMPOSITE_MEMBERS]
     members.append(("samm", "006", "006_9_9", "negative"))
-    cfg = dataset_cfg("composite", composite_root, f"dataset.membership={write_membership(tmp_path / 'm.csv', members)}")
+    membership = write_membership(tmp_path / "m.csv", members)
+    cfg = dataset_cfg("composite", composite_root, f"dataset.membership={membership}")
     missing = ("m.csv, clip samm/006/006_9_9 (negative): not among the clips read from samm (absent from its sheet or "
                "folders, or its emotion is outside dataset.sources.samm.class_map)")
     with pytest.raises(AnnotationError, match=re.escape(missing)):

@@ -482,8 +482,8 @@ def _find_folder(path: Path, root: Path, case_insensitive: bool) -> Path:
             continue
         if not found.is_dir():
             return path
-        match = next((child for child in found.iterdir() if child.is_dir() and child.name.casefold() == part.casefold()),
-                     None)
+        wanted = part.casefold()
+        match = next((child for child in found.iterdir() if child.is_dir() and child.name.casefold() == wanted), None)
         if match is None:
             return path
         found = match
