@@ -41,10 +41,11 @@ def resolve_cache(cfg: DictConfig) -> Path:
         return run_preprocessing(cfg)
     overrides = " ".join(
         f"{k}={v}" for k, v in (
-            ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.root), ("frames", cfg.frames),
+            ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
+            ("dataset.class_set", cfg.dataset.get("class_set")), ("frames", cfg.frames),
             ("rois", cfg.rois.name), ("interpolation", cfg.interpolation.name),
             ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
-        )
+        ) if v is not None
     )
     raise CacheMissingError(
         f"no complete preprocessed cache at {directory}; build it with:\n  python preprocess.py {overrides}"
@@ -103,8 +104,10 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
     for logger in trainer.loggers:
         logger.finalize("success")
     predictions = pd.DataFrame(module.test_records)
+    # The source corpus of each clip, from the sample table: a composite's clips name their own corpus.
+    sources = cache.samples[["subject", "clip", "dataset"]].astype(str)
+    predictions = predictions.merge(sources, on=["subject", "clip"], how="left", validate="one_to_one")
     predictions.insert(0, "fold", fold)
-    predictions.insert(1, "dataset", str(cfg.dataset.name))
     columns = PREDICTION_COLUMNS + [c for c in predictions.columns if c.startswith("prob_")]
     predictions = predictions[columns]
     atomic_write_text(done, predictions.to_csv(index=False))

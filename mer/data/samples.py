@@ -1,21 +1,36 @@
 """The sample table: one row per micro-expression clip, read from a coding sheet plus a frames root.
 
 Every stage reads clips through :func:`read_sample_table`. The reader is generic: all corpus specifics live in the
-``dataset`` config node (see ``conf/dataset/synthetic.yaml``):
+``dataset`` config node (see ``conf/dataset/synthetic.yaml`` and ``conf/dataset/casme2.yaml``):
 
-* ``root``: the corpus folder; ``annotation``: the coding sheet (``.xlsx`` or ``.csv``), relative to ``root``;
-  ``sheet`` (optional): worksheet name or 0-based index of an xlsx, default the first one;
-* ``frames_subdir``: frames live in ``root/frames_subdir/<subject folder>/<clip>/``;
+* ``root``: the corpus folder; ``annotation``: the coding sheet (``.xlsx`` or ``.csv``), relative to ``root``, or
+  null for corpora without one (SMIC): the clips and their labels then come from the folders that ``clip_dir``
+  describes (:func:`mer.data.corpora.rows_from_folders`); ``sheet`` (optional): worksheet name or 0-based index of an
+  xlsx, default the first one;
+* ``frames_subdir``: frames live in ``root/frames_subdir/<clip_dir>/``; a list names candidates, the first that
+  exists is used (CASME II's archive may unpack one level deeper);
+* ``clip_dir`` (optional, default ``"{subject}/{clip}"``): the clip's folder under ``frames_subdir``, a template over
+  ``subject`` (the folder name from ``subject_format``), ``clip``, ``emotion``, ``onset`` and ``offset`` (the sheet's
+  text); ``clip_name`` (optional, default ``"{clip}"``): the same fields, the ``clip`` of the sample table (CAS(ME)^3
+  holds several clips per video: ``"{clip}_{onset}"``); ``folder_case_insensitive`` (optional): find folders whose
+  names differ from the sheet in letter case only;
 * ``frame_regex``: file-name pattern of a frame, group 1 = frame number (frames are found by number, so zero
-  padding and gaps in the numbering do not matter);
-* ``subject_format``: the sheet's subject -> folder name (``"sub{:02d}"`` turns CASME II's ``1`` into ``sub01``);
+  padding does not matter); ``allow_frame_gaps`` (optional): the numbering has gaps (SMIC), so only the onset, apex
+  and offset frames must exist, not every frame between them;
+* ``subject_format``: the sheet's subject -> folder name (``"sub{:02d}"`` turns CASME II's ``1`` into ``sub01``;
+  integral subjects are formatted as numbers, so ``"{:03d}"`` reads both ``"006"`` and ``6``);
 * ``columns``: sample-table field -> sheet column header (``apex`` and ``aus`` may be null when a sheet has none);
   ``header_row``: 0-based row of the header (SAMM's is row 13); blank-header columns are ignored;
 * ``class_map``: sheet emotion -> class name, or null to drop that emotion deliberately; ``classes``: the class
-  names in class-index order;
-* ``apex_policy``: what to do with a non-numeric apex (CASME II has ``/``): ``middle`` (use (onset + offset) // 2,
-  warn), ``drop`` (reject the clip) or ``max_flow`` (the frame that moved most from onset by optical flow, global
-  motion removed; warn).
+  names in class-index order. Corpus configs keep several class sets in ``class_sets`` and pick one with
+  ``class_set`` (``classes``/``class_map`` interpolate the chosen one); likewise ``layout``/``layouts`` and
+  ``sheet_version``/``sheet_files``. An unknown choice is reported with the available ones;
+* ``apex_policy``: what to do with a missing apex (CASME II has ``/``, SAMM ``-1``, SMIC none at all): ``middle``
+  (the recorded frame nearest to (onset + offset) / 2, warn), ``drop`` (reject the clip) or ``max_flow`` (the frame
+  that moved most from onset by optical flow, global motion removed; warn). Every use is a :class:`Problem` naming
+  the clip, logged and returned;
+* ``sources`` (composite corpora only): the dataset configs of the parts, read and joined by
+  :func:`mer.data.corpora.read_composite`.
 
 Problems found on the way are :class:`Problem` records naming the sheet row and the clip. ``on_error="raise"``
 raises :class:`AnnotationError` on the first fatal one; ``on_error="skip"`` drops the clips with fatal problems and
@@ -43,6 +58,10 @@ TABLE_COLUMNS = ("dataset", "subject", "clip", "frames_dir", "onset", "apex", "o
 APEX_POLICIES = ("middle", "drop", "max_flow")
 REQUIRED_FIELDS = ("subject", "clip", "onset", "offset", "emotion")
 OPTIONAL_FIELDS = ("apex", "aus")
+#: Fields the ``clip_dir`` and ``clip_name`` templates may use.
+TEMPLATE_FIELDS = ("subject", "clip", "emotion", "onset", "offset")
+#: Config keys that choose one entry of another key (``class_set: casme2_5class`` picks ``class_sets.casme2_5class``).
+SELECTORS = {"class_set": "class_sets", "layout": "layouts", "sheet_version": "sheet_files"}
 
 # An AU token: an optional laterality / side prefix (L, R, B, T, U), the AU number, an optional intensity (A-E).
 _AU_TOKEN = re.compile(r"(?:[LRBTU])?(\d+)[A-E]?", re.IGNORECASE)
@@ -109,13 +128,15 @@ def index_frames(frames_dir: str | Path, frame_regex: str) -> dict[int, Path]:
 def parse_action_units(text: str) -> tuple[tuple[int, ...], list[str]]:
     """Parse a FACS code such as ``4+L10`` or ``R12`` into AU numbers, laterality and intensity stripped.
 
+    SAMM writes alternatives the coder could not decide between as ``R14A or 17A``: every alternative is kept.
+
     Returns:
         (the AU numbers in order of appearance without repeats, the tokens that could not be read).
     """
     units: list[int] = []
     unreadable = []
     for token in re.split(r"[+,;\s]+", text.strip()):
-        if not token:
+        if not token or token.casefold() == "or":
             continue
         match = _AU_TOKEN.fullmatch(token)
         if match is None:
@@ -161,7 +182,7 @@ def estimate_apex_by_flow(frames: Mapping[int, Path], onset: int, offset: int, s
         scale = size / max(image.shape)
         return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
-    numbers = list(range(onset + 1, offset + 1))
+    numbers = [number for number in frames if onset < number <= offset]  # recorded frames only (SMIC has gaps)
     if not numbers:
         return onset
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -222,7 +243,7 @@ def _normalise(name: str) -> str:
     return " ".join(str(name).split()).casefold()
 
 
-def _column_positions(header: list[str], columns: Mapping[str, str | None], path: Path,
+def _column_positions(header: list[str], columns: Mapping[str, str | None], source: str,
                       header_row: int) -> dict[str, int]:
     """Sheet column index of each configured field; blank-header columns are never matched."""
     lookup = {}
@@ -234,31 +255,99 @@ def _column_positions(header: list[str], columns: Mapping[str, str | None], path
         name = columns.get(field)
         if name is None:
             if field in REQUIRED_FIELDS:
-                raise AnnotationError(f"dataset.columns.{field} must name a column of {path.name}")
+                raise AnnotationError(f"dataset.columns.{field} must name a column of {source}")
             continue
         if _normalise(name) not in lookup:
             found = [cell for cell in header if cell]
-            raise AnnotationError(f"{path.name}: no column {name!r} (dataset.columns.{field}) in the header on row "
+            raise AnnotationError(f"{source}: no column {name!r} (dataset.columns.{field}) in the header on row "
                                   f"{header_row + 1}; found {found}")
         positions[field] = lookup[_normalise(name)]
     return positions
 
 
 # -------------------------------------------------------------------------------------------------- the reader
+def check_dataset_config(dataset_cfg: Mapping[str, Any]) -> None:
+    """Fail early, with the fix, on a dataset config that cannot be read: no ``root``, or a choice (``class_set``,
+    ``layout``, ``sheet_version``) that names no entry of its table.
+
+    Raises:
+        ValueError: naming the key and what it may be.
+    """
+    sources = dataset_cfg.get("sources")
+    if sources:  # a composite needs its own root only where a source takes its root from it
+        unset = [name for name, source in sources.items() if _root_of(source) is None]
+        if unset and _root_of(dataset_cfg) is None:
+            raise ValueError(f"dataset.root is not set: pass dataset.root=/path/to/corpora (holding "
+                             f"{', '.join(f'{name.upper()}/' for name in unset)}) or dataset.sources.<name>.root for "
+                             f"{unset}")
+    elif _root_of(dataset_cfg) is None:
+        key = _full_key(dataset_cfg, "root")
+        raise ValueError(f"{key} is not set: pass {key}=/path/to/{dataset_cfg.get('name') or 'corpus'} (the folder "
+                         "the corpus was unpacked to)")
+    for selector, table in SELECTORS.items():
+        choice = dataset_cfg.get(selector)
+        options = dataset_cfg.get(table)
+        if choice is not None and options is not None and str(choice) not in options:
+            raise ValueError(f"{_full_key(dataset_cfg, selector)}={choice!r} is not one of "
+                             f"{sorted(str(k) for k in options)} ({_full_key(dataset_cfg, table)})")
+
+
+def _root_of(dataset_cfg: Mapping[str, Any]) -> str | None:
+    """``dataset_cfg.root``, or None where it is unset (``???``, or an interpolation of an unset value)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        root = dataset_cfg.get("root")
+    except OmegaConfBaseException:  # an interpolation of a missing value, e.g. a composite source's ${...root}/SMIC
+        return None
+    return None if root is None or str(root) in ("", "???") else str(root)
+
+
+def _full_key(dataset_cfg: Mapping[str, Any], key: str) -> str:
+    """The dotted name a user overrides: ``dataset.root``, or ``dataset.sources.smic.root`` inside a composite."""
+    full_key = getattr(dataset_cfg, "_get_full_key", None)
+    return str(full_key(key)) if full_key is not None else f"dataset.{key}"
+
+
+def resolve_frames_root(root: Path, frames_subdir: str | Sequence[str] | None) -> Path:
+    """``root / frames_subdir``; for a list of candidates the first that is a folder (else the first candidate, so
+    that errors name the expected place)."""
+    if frames_subdir is None or isinstance(frames_subdir, str):
+        return root / str(frames_subdir or "")
+    candidates = [root / str(candidate) for candidate in frames_subdir]
+    if not candidates:
+        return root
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+def _template_fields(template: str, key: str) -> str:
+    """Check that a ``clip_dir``/``clip_name`` template uses known fields only; return it."""
+    try:
+        template.format(**{field: "x" for field in TEMPLATE_FIELDS})
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"dataset.{key} {template!r} may use only the fields {list(TEMPLATE_FIELDS)} "
+                         f"({error!r})") from None
+    return template
+
+
 @dataclass(frozen=True)
 class _Settings:
     """The parts of the dataset config that validating a row needs."""
 
-    sheet_name: str
+    source: str  # the sheet's file name, or what the rows were read from
     frames_root: Path
     frame_regex: str
     subject_format: str
+    clip_dir: str
+    clip_name: str
     class_map: dict[str, str | None]  # normalised emotion -> class name, None = drop deliberately
     classes: list[str]
     apex_policy: str
+    allow_frame_gaps: bool
+    folder_case_insensitive: bool
 
     @classmethod
-    def from_config(cls, dataset_cfg: Mapping[str, Any], sheet_path: Path) -> "_Settings":
+    def from_config(cls, dataset_cfg: Mapping[str, Any], source: str) -> "_Settings":
         apex_policy = str(dataset_cfg.get("apex_policy") or "middle")
         if apex_policy not in APEX_POLICIES:
             raise ValueError(f"dataset.apex_policy must be one of {APEX_POLICIES}, got {apex_policy!r}")
@@ -269,11 +358,15 @@ class _Settings:
         if unknown_targets:
             raise ValueError(f"dataset.class_map maps to {unknown_targets}, which are not in dataset.classes "
                              f"{classes}")
-        return cls(sheet_name=sheet_path.name,
-                   frames_root=Path(str(dataset_cfg["root"])) / str(dataset_cfg.get("frames_subdir") or ""),
+        return cls(source=source,
+                   frames_root=resolve_frames_root(Path(str(dataset_cfg["root"])), dataset_cfg.get("frames_subdir")),
                    frame_regex=str(dataset_cfg["frame_regex"]),
                    subject_format=str(dataset_cfg.get("subject_format") or "{}"),
-                   class_map=class_map, classes=classes, apex_policy=apex_policy)
+                   clip_dir=_template_fields(str(dataset_cfg.get("clip_dir") or "{subject}/{clip}"), "clip_dir"),
+                   clip_name=_template_fields(str(dataset_cfg.get("clip_name") or "{clip}"), "clip_name"),
+                   class_map=class_map, classes=classes, apex_policy=apex_policy,
+                   allow_frame_gaps=bool(dataset_cfg.get("allow_frame_gaps", False)),
+                   folder_case_insensitive=bool(dataset_cfg.get("folder_case_insensitive", False)))
 
 
 def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> tuple[pd.DataFrame, list[Problem]]:
@@ -285,39 +378,56 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
 
     Returns:
         (table, problems). The table has one row per usable clip, sorted by (subject, clip), with columns
-        ``TABLE_COLUMNS``: ``dataset`` (str), ``subject`` (folder name, str), ``clip`` (str), ``frames_dir`` (str),
-        ``onset``/``apex``/``offset`` (int frame numbers), ``aus`` (tuple of int), ``emotion`` (the sheet's text),
-        ``label`` (class name), ``class_index`` (int, index into ``dataset.classes``). ``problems`` lists every
-        problem found, fatal and not, in sheet order. (Read the ``clip`` column as ``table["clip"]``:
-        ``table.clip`` is pandas' clip method.)
+        ``TABLE_COLUMNS``: ``dataset`` (str: ``dataset.name``, or the source corpus in a composite), ``subject``
+        (folder name, str), ``clip`` (str), ``frames_dir`` (str), ``onset``/``apex``/``offset`` (int frame numbers),
+        ``aus`` (tuple of int), ``emotion`` (the sheet's text), ``label`` (class name), ``class_index`` (int, index
+        into ``dataset.classes``). ``problems`` lists every problem found, fatal and not, in sheet order. (Read the
+        ``clip`` column as ``table["clip"]``: ``table.clip`` is pandas' clip method.)
 
     Raises:
         AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
             or when the sheet lacks a configured column.
         FileNotFoundError: the annotation sheet does not exist.
-        ValueError: an unknown ``on_error`` or ``apex_policy``, or a ``class_map`` naming a class not in ``classes``.
+        ValueError: an unknown ``on_error`` or ``apex_policy``, a ``class_map`` naming a class not in ``classes``,
+            no ``root``, or a ``class_set``/``layout``/``sheet_version`` naming no entry.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    check_dataset_config(dataset_cfg)
+    if dataset_cfg.get("sources"):
+        from mer.data.corpora import read_composite
+
+        return read_composite(dataset_cfg, on_error)
     root = Path(str(dataset_cfg["root"]))
-    sheet_path = root / str(dataset_cfg["annotation"])
-    if not sheet_path.is_file():
-        raise FileNotFoundError(f"annotation sheet {sheet_path} does not exist (dataset.root / dataset.annotation)")
-    settings = _Settings.from_config(dataset_cfg, sheet_path)
     dataset_name = str(dataset_cfg.get("name") or root.name)
-    header_row = int(dataset_cfg.get("header_row") or 0)
-
-    rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))
-    if len(rows) <= header_row:
-        raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} (the sheet has {len(rows)} rows)")
-    columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
-    positions = _column_positions(rows[header_row], columns, sheet_path, header_row)
-
     problems: list[Problem] = []
+    if dataset_cfg.get("annotation"):
+        sheet_path = root / str(dataset_cfg["annotation"])
+        if not sheet_path.is_file():
+            raise FileNotFoundError(f"annotation sheet {sheet_path} does not exist (dataset.root / dataset.annotation)")
+        settings = _Settings.from_config(dataset_cfg, sheet_path.name)
+        header_row = int(dataset_cfg.get("header_row") or 0)
+        rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))
+        if len(rows) <= header_row:
+            raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} (the sheet has {len(rows)} "
+                                  "rows)")
+        columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
+        row_numbers: Sequence[int | None] = range(header_row + 2, len(rows) + 1)
+    else:
+        from mer.data.corpora import rows_from_folders
+
+        frames_root = resolve_frames_root(root, dataset_cfg.get("frames_subdir"))
+        settings = _Settings.from_config(dataset_cfg, f"folders under {frames_root.name}/")
+        rows, columns, problems = rows_from_folders(settings.frames_root, settings.clip_dir, settings.frame_regex,
+                                                    settings.source)
+        header_row = 0
+        row_numbers = [None] * (len(rows) - 1)
+    positions = _column_positions(rows[header_row], columns, settings.source, header_row)
+
     records: list[dict[str, Any]] = []
     dropped_emotions: Counter[str] = Counter()
-    first_row_of: dict[str, int] = {}
-    for row_number, cells in enumerate(rows[header_row + 1:], start=header_row + 2):
+    first_row_of: dict[str, int | None] = {}
+    for row_number, cells in zip(row_numbers, rows[header_row + 1:]):
         if not any(cells):
             continue
         values = {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()}
@@ -339,17 +449,54 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     table = table.sort_values(["subject", "clip"], kind="stable").reset_index(drop=True)
     for name in ("onset", "apex", "offset", "class_index"):
         table[name] = table[name].astype(np.int64)
-    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({p.row for p in fatal}))
+    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({(p.row, p.clip) for p in fatal}))
     return table, problems
 
 
-def _read_row(values: dict[str, str], row: int, settings: _Settings,
-              first_row_of: dict[str, int]) -> tuple[dict[str, Any] | None, list[Problem], str | None]:
+def _missing_apex(text: str) -> str:
+    """How a sheet's apex cell that gives no frame reads in a message (``/``, ``-1``, empty)."""
+    if not text:
+        return "no apex"
+    try:
+        float(text)
+    except ValueError:
+        return f"non-numeric apex {text!r}"
+    return f"unknown apex {text!r}"
+
+
+def _nearest_frame(frames: Mapping[int, Path], target: float) -> int:
+    """The recorded frame number closest to ``target`` (the lower one on a tie)."""
+    numbers = np.fromiter(frames, dtype=np.int64)
+    return int(numbers[np.argmin(np.abs(numbers - target) + (numbers > target) * 1e-9)])
+
+
+def _find_folder(path: Path, root: Path, case_insensitive: bool) -> Path:
+    """``path`` itself, or (``case_insensitive``) the folder under ``root`` whose components match it ignoring letter
+    case (CAS(ME)^3 spells a subject ``spNO.1`` in its sheet and ``spNo.1`` in some folder names)."""
+    if path.is_dir() or not case_insensitive:
+        return path
+    found = root
+    for part in path.relative_to(root).parts:
+        if (found / part).is_dir():
+            found = found / part
+            continue
+        if not found.is_dir():
+            return path
+        wanted = part.casefold()
+        match = next((child for child in found.iterdir() if child.is_dir() and child.name.casefold() == wanted), None)
+        if match is None:
+            return path
+        found = match
+    return found
+
+
+def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
+              first_row_of: dict[str, int | None]) -> tuple[dict[str, Any] | None, list[Problem], str | None]:
     """Validate one sheet row.
 
     Args:
         values: field -> cell text of this row.
-        row: its spreadsheet row number.
+        row: its spreadsheet row number, or None for rows read from folders.
         settings: the dataset settings.
         first_row_of: clip key -> row it was first seen on (updated here, to find duplicates).
 
@@ -357,18 +504,21 @@ def _read_row(values: dict[str, str], row: int, settings: _Settings,
         (the table record, or None if the row has a fatal problem or is dropped; the row's problems; the emotion if
         the row is dropped deliberately because its emotion maps to no class, else None).
     """
-    subject_text, clip = values["subject"], values["clip"]
+    subject_text = values["subject"]
     try:
         number = parse_frame_number(subject_text)
         subject = settings.subject_format.format(number if number is not None else subject_text)
     except (ValueError, IndexError, KeyError):
         subject = None
+    fields = {"subject": subject or subject_text, "clip": values["clip"], "emotion": values["emotion"],
+              "onset": values["onset"], "offset": values["offset"]}
+    clip = settings.clip_name.format(**fields) if values["clip"] else ""
     key = f"{subject or subject_text}/{clip}"
     problems: list[Problem] = []
+    where = f"{settings.source} row {row}" if row is not None else settings.source
 
     def problem(message: str, fatal: bool = True) -> None:
-        problems.append(Problem(row=row, clip=key, message=f"{settings.sheet_name} row {row}, clip {key}: {message}",
-                                fatal=fatal))
+        problems.append(Problem(row=row, clip=key, message=f"{where}, clip {key}: {message}", fatal=fatal))
 
     emotion = values["emotion"]
     emotion_key = _normalise(emotion)
@@ -395,21 +545,30 @@ def _read_row(values: dict[str, str], row: int, settings: _Settings,
     if onset is not None and offset is not None and onset > offset:
         problem(f"onset {onset} is after offset {offset}")
 
-    subject_dir = settings.frames_root / subject
-    frames_dir = subject_dir / clip
-    frames: dict[int, Path] = {}
-    if not subject_dir.is_dir():
-        problem(f"subject folder {subject_dir} does not exist")
-    elif not frames_dir.is_dir():
-        problem(f"clip folder {frames_dir} does not exist")
-    else:
-        frames = index_frames(frames_dir, settings.frame_regex)
-        if onset is not None and offset is not None and onset <= offset:
+    frames: dict[int, Path] | None = None  # None: the clip folder was not found
+    frames_dir = settings.frames_root / settings.clip_dir.format(**fields)
+    # A folder named by its frames (CAS(ME)^3's <subject>_<clip>_<onset>) cannot be looked for without them.
+    folder_named_by_frames = any(f"{{{name}" in settings.clip_dir for name in ("onset", "offset"))
+    if not (folder_named_by_frames and (onset is None or offset is None)):
+        frames_dir = _find_folder(frames_dir, settings.frames_root, settings.folder_case_insensitive)
+        subject_dir = settings.frames_root / subject
+        if settings.clip_dir.startswith("{subject}/") and not _find_folder(
+                subject_dir, settings.frames_root, settings.folder_case_insensitive).is_dir():
+            problem(f"subject folder {subject_dir} does not exist")
+        elif not frames_dir.is_dir():
+            problem(f"clip folder {frames_dir} does not exist")
+        else:
+            frames = index_frames(frames_dir, settings.frame_regex)
+    if frames is not None and onset is not None and offset is not None and onset <= offset:
+        if settings.allow_frame_gaps:
+            missing = [number for number in (onset, offset) if number not in frames]
+            what = "onset/offset frame(s)"
+        else:
             missing = [number for number in range(onset, offset + 1) if number not in frames]
-            if missing:
-                shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-                problem(f"{len(missing)} frame(s) between onset {onset} and offset {offset} missing on disk in "
-                        f"{frames_dir} (pattern {settings.frame_regex!r}): {shown}")
+            what = f"{len(missing)} frame(s) between onset {onset} and offset {offset}"
+        if missing:
+            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            problem(f"{what} missing on disk in {frames_dir} (pattern {settings.frame_regex!r}): {shown}")
     if any(p.fatal for p in problems):
         return None, problems, None
 
@@ -418,22 +577,29 @@ def _read_row(values: dict[str, str], row: int, settings: _Settings,
     if apex is not None and not onset <= apex <= offset:
         problem(f"apex {apex} outside [onset {onset}, offset {offset}]")
         return None, problems, None
+    if apex is not None and apex not in frames:
+        problem(f"apex frame {apex} missing on disk in {frames_dir} (pattern {settings.frame_regex!r})")
+        return None, problems, None
     if apex is None:
+        issue = _missing_apex(apex_text)
         if settings.apex_policy == "drop":
-            problem(f"non-numeric apex {apex_text!r} (dataset.apex_policy=drop)")
+            problem(f"{issue} (dataset.apex_policy=drop)")
             return None, problems, None
         if settings.apex_policy == "middle":
-            apex = (onset + offset) // 2
-            problem(f"non-numeric apex {apex_text!r}: using the middle frame {apex} (dataset.apex_policy=middle)",
-                    fatal=False)
+            apex = _nearest_frame({n: p for n, p in frames.items() if onset <= n <= offset}, (onset + offset) / 2)
+            problem(f"{issue}: using the middle frame {apex} (dataset.apex_policy=middle)", fatal=False)
         else:
             apex = estimate_apex_by_flow(frames, onset, offset)
-            problem(f"non-numeric apex {apex_text!r}: using frame {apex}, the one that moved most from onset "
-                    f"(dataset.apex_policy=max_flow)", fatal=False)
+            problem(f"{issue}: using frame {apex}, the one that moved most from onset (dataset.apex_policy=max_flow)",
+                    fatal=False)
 
-    aus, unreadable = parse_action_units(values.get("aus", ""))
+    aus_text = values.get("aus", "")
+    aus, unreadable = parse_action_units(aus_text)
     if unreadable:
-        problem(f"unreadable action unit(s) {unreadable} in {values.get('aus')!r} ignored", fatal=False)
+        problem(f"unreadable action unit(s) {unreadable} in {aus_text!r} ignored", fatal=False)
+    if re.search(r"\bor\b", aus_text, flags=re.IGNORECASE):
+        problem(f"action units {aus_text!r} give alternatives: all of them kept, {'+'.join(map(str, aus))}",
+                fatal=False)
     label = settings.class_map[emotion_key]
     record = {"subject": subject, "clip": clip, "frames_dir": str(frames_dir), "onset": onset, "apex": apex,
               "offset": offset, "aus": aus, "emotion": emotion, "label": label,

@@ -38,8 +38,12 @@ def check_dataset(cfg: DictConfig, out_dir: str | Path | None = None) -> bool:
     fatal = int(problem_table["fatal"].sum()) if len(problem_table) else 0
     print(f"{cfg.dataset.name}: {len(samples)} usable clips, {samples['subject'].nunique()} subjects, "
           f"{len(problems)} problems ({fatal} make a clip unusable)")
+    classes = list(cfg.dataset.classes)
     print("clips per class:")
-    print(samples["label"].value_counts().reindex(list(cfg.dataset.classes), fill_value=0).to_string())
+    print(samples["label"].value_counts().reindex(classes, fill_value=0).to_string())
+    if samples["dataset"].nunique() > 1:  # a composite: its sources are reported apart too
+        print("clips per source dataset and class:")
+        print(pd.crosstab(samples["dataset"], samples["label"]).reindex(columns=classes, fill_value=0).to_string())
     print("clips per subject:")
     print(samples.groupby("subject").size().to_string())
     for p in problems:
