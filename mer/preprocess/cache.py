@@ -28,7 +28,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 #: Bumped whenever the meaning of a cache's contents changes, so old caches are never misread.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lagrangian maps encode the output motion (1 + alpha) * flow
 
 #: Config nodes that decide what the cache contains.
 HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "preprocess")
