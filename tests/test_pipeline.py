@@ -213,3 +213,32 @@ def test_check_mode_reports_without_computing(tiny_corpus, tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "out" / "samples.csv")) == 8
     assert not (tmp_path / "cache").exists()
     assert "clips per class" in capsys.readouterr().out
+
+
+def test_test_subject_labels_change_nothing_the_fold_trains_with(tiny_corpus, tmp_path):
+    """Relabel the test subject's clips (AUs and emotions) in the sheet, rebuild the cache: the fold's
+    AU graph, normalisation scale, training patches and labels are unchanged."""
+    import torch
+
+    from mer.data.datamodule import LOSODataModule
+
+    root = _copy_corpus(tiny_corpus, tmp_path)
+    (root / "coding.xlsx").unlink()
+    original = compose_preprocess(root, tmp_path / "a", "frames=2", "preprocess.workers=1", "dataset.annotation=coding.csv")
+    before = LOSODataModule(pipeline.run_preprocessing(original, progress=False), fold=1)
+    sheet = pd.read_csv(root / "coding.csv")
+    test = sheet["Subject"] == 2
+    sheet.loc[test, "Action Units"] = "17+25"
+    sheet.loc[test, "Estimated Emotion"] = "surprise"
+    sheet.to_csv(root / "coding.csv", index=False)
+    changed = compose_preprocess(root, tmp_path / "b", "frames=2", "preprocess.workers=1", "dataset.annotation=coding.csv")
+    after = LOSODataModule(pipeline.run_preprocessing(changed, progress=False), fold=1)
+    assert before.test_subject == after.test_subject == "sub02"
+    np.testing.assert_array_equal(before.au_adjacency, after.au_adjacency)
+    assert before.scale == after.scale
+    assert torch.equal(before.train_set.patches, after.train_set.patches)
+    assert torch.equal(before.train_set.labels, after.train_set.labels)
+    assert not torch.equal(before.test_set.labels, after.test_set.labels)
+    # ... while relabelling a training subject does change the fold's graph.
+    assert not np.array_equal(LOSODataModule(cache_dir_for(changed), fold=0).au_adjacency,
+                              LOSODataModule(cache_dir_for(original), fold=0).au_adjacency)
