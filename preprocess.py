@@ -24,9 +24,14 @@ def main(cfg: DictConfig) -> None:
         if not usable:
             sys.exit(1)
         return
+    from mer.preprocess.errors import ConfigError
     from mer.preprocess.pipeline import run_preprocessing
 
-    out = run_preprocessing(cfg)
+    try:
+        out = run_preprocessing(cfg)
+    except ConfigError as error:
+        # A config no clip can run with (missing weights, ...): its message says how to fix it; no traceback.
+        sys.exit(f"error: {error}")
     print(f"cache: {out}")
     if cfg.visualize:
         from mer.preprocess.visualize import write_panels

@@ -178,8 +178,8 @@ def test_registry_binds_options_and_rejects_unknown_names():
     assert {"none", "lagrangian"} <= set(MAGNIFIERS)
     magnify = get_magnifier({"name": "lagrangian", "alphas": [2.0], "test_alpha": 2.0})
     assert magnify.func is lagrangian and magnify.keywords == {}
-    with pytest.raises(ValueError, match="unknown magnification 'magnet'"):
-        get_magnifier({"name": "magnet", "alphas": [2.0], "test_alpha": 2.0})
+    with pytest.raises(ValueError, match="unknown magnification 'phase_based'"):
+        get_magnifier({"name": "phase_based", "alphas": [2.0], "test_alpha": 2.0})
 
 
 def test_motion_spec_from_config_validates():

@@ -92,5 +92,5 @@ def test_registry_binds_options():
     interpolate = get_interpolator({"name": "flow_warp", "flow": "dis", "flow_params": {}})
     assert interpolate.func is flow_warp and interpolate.keywords == {"flow": "dis", "flow_params": {}}
     assert get_interpolator({"name": "linear"}).func is linear
-    with pytest.raises(ValueError, match="unknown interpolation 'rife'"):
-        get_interpolator({"name": "rife"})
+    with pytest.raises(ValueError, match="unknown interpolation 'slomo'"):
+        get_interpolator({"name": "slomo"})

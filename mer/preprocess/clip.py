@@ -13,12 +13,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mer.preprocess.errors import ClipError
+from mer.preprocess.errors import ClipError, ConfigError
 from mer.preprocess.face import CropBox, FaceBox, box_in_crop, crop_box, crop_frames, find_face, landmarks
-from mer.preprocess.interpolate import WHOLE_SEGMENT, frames_needed, get_interpolator, time_stamps
-from mer.preprocess.magnify import get_magnifier
+from mer.preprocess.interpolate import (
+    WHOLE_SEGMENT,
+    Interpolator,
+    frames_needed,
+    get_interpolator,
+    time_stamps,
+    validate_interpolation,
+)
+from mer.preprocess.magnify import Magnifier, get_magnifier, validate_magnification
 from mer.preprocess.motion import MotionSpec
-from mer.preprocess.rois import extract_patches, roi_indices
+from mer.preprocess.rois import RoiSet, extract_patches, roi_indices
 
 
 @dataclass
@@ -32,7 +39,7 @@ class ClipResult:
         timings: Stage name -> seconds (``load``, ``face``, ``interpolate``, ``magnify``, ``landmarks``,
             ``patches``, ``total``).
         onset: ``(S, S, 3)`` float32 onset face crop (S = ``preprocess.face.crop_size``).
-        magnified_last: ``(S, S, 3)`` float32 frame N magnified at the test alpha.
+        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha.
         maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``).
         stamps: ``(N + 1,)`` the time stamps (frame numbers, fractional where interpolated).
         face: The detection the crop was built from, in frame pixels.
@@ -43,11 +50,16 @@ class ClipResult:
     landmarks: np.ndarray
     timings: dict[str, float]
     onset: np.ndarray
-    magnified_last: np.ndarray
+    magnified: np.ndarray
     maps: np.ndarray
     stamps: np.ndarray
     face: FaceBox
     crop: CropBox
+
+    @property
+    def magnified_last(self) -> np.ndarray:
+        """``(S, S, 3)`` frame N magnified at the test alpha."""
+        return self.magnified[-1]
 
 
 def clip_id(sample: Mapping[str, Any]) -> str:
@@ -152,6 +164,71 @@ def _test_alpha_index(magnification_cfg: Mapping[str, Any]) -> int:
     return int(matches[0])
 
 
+@dataclass(frozen=True)
+class _Stages:
+    """What a config makes of the stages: the same for every clip."""
+
+    alphas: list[float]
+    test_index: int
+    landmarks_on: str
+    crop_size: int
+    motion: MotionSpec
+    rois: RoiSet
+    interpolate: Interpolator
+    whole_segment: bool
+    magnify: Magnifier
+
+
+def _stages(cfg: Mapping[str, Any]) -> _Stages:
+    """Read the stages from the config, checking what can be checked without a clip.
+
+    Raises:
+        ConfigError: An unknown stage, an invalid setting, or stages that do not go together.
+    """
+    try:
+        settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
+        landmarks_on = settings.get("landmarks_on", "onset")
+        if landmarks_on not in ("onset", "magnified"):
+            raise ValueError(f"preprocess.landmarks_on must be 'onset' or 'magnified', got {landmarks_on!r}")
+        crop_size = int(face_cfg.get("crop_size", 128))
+        motion = MotionSpec.from_config(cfg["motion"], settings.get("map_size", crop_size))
+        motion.check_magnification(cfg["magnification"]["name"])
+        return _Stages(
+            alphas=[float(a) for a in cfg["magnification"]["alphas"]],
+            test_index=_test_alpha_index(cfg["magnification"]),
+            landmarks_on=landmarks_on,
+            crop_size=crop_size,
+            motion=motion,
+            rois=roi_indices(cfg["rois"]),
+            interpolate=get_interpolator(cfg["interpolation"]),  # registers it first if it lives in its own module
+            whole_segment=cfg["interpolation"]["name"] in WHOLE_SEGMENT,
+            magnify=get_magnifier(cfg["magnification"]),
+        )
+    except ConfigError:
+        raise
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"invalid preprocessing config: {error}") from error
+
+
+def check_config(cfg: Mapping[str, Any]) -> None:
+    """Fail on a config that no clip can run with, before any clip runs.
+
+    Checks the settings :func:`process_clip` reads, that the motion goes with the magnification
+    (``motion=magnet`` needs ``magnification=magnet``), and runs the stages' ``validate`` hooks, which load
+    learned networks (once per process: the same process then reuses them for its clips).
+
+    Args:
+        cfg: As for :func:`process_clip`.
+
+    Raises:
+        ConfigError: What is wrong and how to fix it (e.g. missing weights: the file and the command or config
+            key that provides them).
+    """
+    _stages(cfg)
+    validate_interpolation(cfg["interpolation"])
+    validate_magnification(cfg["magnification"])
+
+
 def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
     """Preprocess one clip.
 
@@ -168,7 +245,7 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
 
     Raises:
         ClipError: The clip cannot be processed (missing or unreadable frame, no face, ...), naming the clip.
-        ValueError: An invalid config.
+        ConfigError: An invalid config (:func:`check_config` finds it before any clip).
     """
     try:
         return _process_clip(sample, frame_paths, cfg)
@@ -178,17 +255,8 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
 
 def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
     settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
-    alphas = [float(a) for a in cfg["magnification"]["alphas"]]
-    test_index = _test_alpha_index(cfg["magnification"])
-    landmarks_on = settings.get("landmarks_on", "onset")
-    if landmarks_on not in ("onset", "magnified"):
-        raise ValueError(f"preprocess.landmarks_on must be 'onset' or 'magnified', got {landmarks_on!r}")
-    crop_size = int(face_cfg.get("crop_size", 128))
-    motion = MotionSpec.from_config(cfg["motion"], settings.get("map_size", crop_size))
-    rois = roi_indices(cfg["rois"])
-    interpolate = get_interpolator(cfg["interpolation"])  # registers it first if it lives in its own module
-    whole_segment = cfg["interpolation"]["name"] in WHOLE_SEGMENT
-    magnify = get_magnifier(cfg["magnification"])
+    stages = _stages(cfg)
+    crop_size, motion = stages.crop_size, stages.motion
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -196,7 +264,7 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         available = np.array(sorted(int(n) for n in frame_paths), dtype=np.int64)
         stamps, numbers = select_frames(
             sample, available, int(cfg["frames"]), settings.get("span", "apex"),
-            bool(settings.get("allow_frame_gaps", False)), whole_segment,
+            bool(settings.get("allow_frame_gaps", False)), stages.whole_segment,
         )
         frames = load_frames(frame_paths, numbers)
 
@@ -207,19 +275,23 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         crops = crop_frames(frames, box, crop_size)
 
     with _timed(timings, "interpolate"):
-        selected = interpolate(crops, numbers, stamps)  # (N + 1, S, S, 3), frame 0 = the onset crop
+        selected = stages.interpolate(crops, numbers, stamps)  # (N + 1, S, S, 3), frame 0 = the onset crop
 
     with _timed(timings, "magnify"):
-        magnified = magnify(selected[0], selected[1:], alphas, motion)
+        magnified = stages.magnify(selected[0], selected[1:], stages.alphas, motion)
 
     with _timed(timings, "landmarks"):
-        landmark_image = selected[0] if landmarks_on == "onset" else magnified.frames[test_index, -1]
+        landmark_image = selected[0] if stages.landmarks_on == "onset" else magnified.frames[stages.test_index, -1]
         points = landmarks(landmark_image, box_in_crop(face, box, crop_size), face_cfg.get("predictor"))
-        # Pixel centres map onto pixel centres: crop pixel i covers [i, i + 1) of the crop.
+        # Pixel centres map onto pixel centres: crop pixel i covers [i, i + 1) of the crop. (MagNet's stride-2
+        # encoder centres its map pixel j on crop pixel 2j rather than 2j + 0.5: a quarter of a map pixel, less
+        # than the rounding of patch centres to whole map pixels.)
         points = (points + 0.5) * np.float32(motion.map_size / crop_size) - 0.5
 
     with _timed(timings, "patches"):
-        patches = extract_patches(magnified.motion_maps, points[rois.indices], int(cfg["rois"].get("patch_size", 7)))
+        patches = extract_patches(
+            magnified.motion_maps, points[stages.rois.indices], int(cfg["rois"].get("patch_size", 7))
+        )
         patches = np.ascontiguousarray(patches, dtype=np.float32)
 
     timings["total"] = time.perf_counter() - start
@@ -228,8 +300,8 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         landmarks=points.astype(np.float32),
         timings=timings,
         onset=selected[0].copy(),
-        magnified_last=np.array(magnified.frames[test_index, -1]),
-        maps=np.array(magnified.motion_maps[test_index]),
+        magnified=np.array(magnified.frames[stages.test_index]),
+        maps=np.array(magnified.motion_maps[stages.test_index]),
         stamps=stamps,
         face=face,
         crop=box,

@@ -1,4 +1,4 @@
-"""The one exception a preprocessing stage raises for a clip it cannot process."""
+"""The two failures of preprocessing: a clip that cannot be processed, and a config that no clip can run with."""
 
 from __future__ import annotations
 
@@ -26,3 +26,11 @@ class ClipError(RuntimeError):
     def __reduce__(self):
         # Keep reason and clip apart when the error crosses from a worker process.
         return ClipError, (self.reason, self.clip)
+
+
+class ConfigError(ValueError):
+    """The preprocessing config cannot work for any clip (unknown stage, missing weights, incompatible stages).
+
+    Unlike :class:`ClipError` it is never a per-clip rejection: the driver checks the config in the main process
+    before any clip runs and stops the run with this message (and re-raises it should a worker meet it).
+    """

@@ -5,10 +5,12 @@ exactly; a stamp between two recorded frames is synthesised from its two neighbo
 
 Interpolators share one signature, ``fn(frames, frame_numbers, stamps, **options) -> (K, H, W, 3)``, and
 register by name in :data:`INTERPOLATORS`; ``options`` are the keys of the ``interpolation`` config group
-other than ``name``. A learned interpolator (RIFE) registers the same way and may cache its network per
-process. Most interpolators read only the two recorded neighbours of each stamp; one that models the whole
-onset..end segment (TIM) registers with ``whole_segment=True`` and is given every recorded frame of it.
-Interpolators defined in modules of their own are listed in :data:`_MODULES` and imported on first use.
+other than ``name``. A learned interpolator (RIFE) registers the same way, caches its network per process and
+registers a ``validate`` hook that loads it, so that missing weights stop a run before any clip (see
+:func:`validate_interpolation`). Most interpolators read only the two recorded neighbours of each stamp; one
+that models the whole onset..end segment (TIM) registers with ``whole_segment=True`` and is given every
+recorded frame of it. Interpolators defined in modules of their own are listed in :data:`_MODULES` and
+imported on first use.
 """
 
 from __future__ import annotations
@@ -20,22 +22,25 @@ from typing import Any
 
 import numpy as np
 
+from mer.preprocess.errors import ConfigError
 from mer.preprocess.flow import estimate_flows, warp
 
 Interpolator = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 INTERPOLATORS: dict[str, Callable[..., np.ndarray]] = {}
 # Names of the interpolators that read every recorded frame from the onset to the end of the stamps.
 WHOLE_SEGMENT: set[str] = set()
+# Checks of an interpolator's options that need more than the config (e.g. loading weights), by name.
+VALIDATORS: dict[str, Callable[..., None]] = {}
 # Interpolators registered by modules of their own: imported when first asked for, so that a process pays for
 # a module's imports only when it uses it.
-_MODULES = {"tim": "mer.preprocess.tim"}
+_MODULES = {"tim": "mer.preprocess.tim", "rife": "mer.preprocess.rife"}
 
 # A stamp closer than this to a frame number is that frame (stamps are computed in floating point).
 _ON_FRAME_TOLERANCE = 1e-6
 
 
 def register_interpolator(
-    name: str, whole_segment: bool = False
+    name: str, whole_segment: bool = False, validate: Callable[..., None] | None = None
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
     """Decorator adding an interpolator to :data:`INTERPOLATORS` under ``name``.
 
@@ -43,30 +48,52 @@ def register_interpolator(
         name: The ``interpolation.name`` that selects it.
         whole_segment: It reads every recorded frame from the first stamp to the last (see
             :func:`frames_needed`), not only the neighbours of each stamp.
+        validate: Called with the interpolator's options by :func:`validate_interpolation`, before any clip
+            runs; raises :class:`~mer.preprocess.errors.ConfigError` when they cannot work (e.g. no weights).
     """
 
     def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         INTERPOLATORS[name] = fn
         if whole_segment:
             WHOLE_SEGMENT.add(name)
+        if validate is not None:
+            VALIDATORS[name] = validate
         return fn
 
     return add
+
+
+def _registered(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The name of the interpolator a config group selects (imported if need be) and its options."""
+    name = cfg["name"]
+    if name not in INTERPOLATORS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in INTERPOLATORS:
+        raise ConfigError(
+            f"unknown interpolation {name!r}; registered: {sorted(set(INTERPOLATORS) | set(_MODULES))}"
+        )
+    return name, {key: value for key, value in dict(cfg).items() if key != "name"}
 
 
 def get_interpolator(cfg: Mapping[str, Any]) -> Interpolator:
     """The interpolator an ``interpolation`` config group names, with its options bound.
 
     Raises:
-        ValueError: An unknown name.
+        ConfigError: An unknown name.
     """
-    name = cfg["name"]
-    if name not in INTERPOLATORS and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in INTERPOLATORS:
-        raise ValueError(f"unknown interpolation {name!r}; registered: {sorted(set(INTERPOLATORS) | set(_MODULES))}")
-    options = {key: value for key, value in dict(cfg).items() if key != "name"}
+    name, options = _registered(cfg)
     return partial(INTERPOLATORS[name], **options)
+
+
+def validate_interpolation(cfg: Mapping[str, Any]) -> None:
+    """Check that an ``interpolation`` config group can run: a known name, and its ``validate`` hook passes.
+
+    Raises:
+        ConfigError: The config cannot work for any clip (the message says why and how to fix it).
+    """
+    name, options = _registered(cfg)
+    if name in VALIDATORS:
+        VALIDATORS[name](**options)
 
 
 def time_stamps(onset: int, end: int, n: int) -> np.ndarray:

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mer.preprocess.rife import load_frame_npy, to_nchw_tensor
+from mer.preprocess.errors import ConfigError
+from mer.preprocess.magnify import Magnified, amplification_factors, register_magnifier
+from mer.preprocess.motion import MotionSpec
+from mer.preprocess.tensor_frames import available_device, load_frame_npy, to_nchw_tensor, to_nhwc_array
 from mer.weights import MAGNET_WEIGHTS_HINT, WeightsError, load_strict
 
 SHAPE_CHANNELS = 32
@@ -316,7 +321,7 @@ class MagnetMagnifier:
             shape = model.manipulator(shapes[0].expand(stop - start, -1, -1, -1), shapes[index],
                                       alpha_of_pair[start:stop])
             rendered = from_network_range(model.decoder(textures[index], shape)).clamp_(0.0, 1.0)
-            magnified[start:stop] = rendered.permute(0, 2, 3, 1).cpu().numpy()
+            magnified[start:stop] = to_nhwc_array(rendered)
             maps[start:stop] = motion_map(shape).cpu().numpy()
             if kept is not None:
                 kept[start:stop] = shape.cpu().numpy()
@@ -333,6 +338,80 @@ def _check_even(size: tuple[int, int] | torch.Size) -> None:
     if height % 2 or width % 2:
         raise ValueError(f"MagNet needs even frame sizes (its shape representation is at half resolution), "
                          f"got {height} x {width}")
+
+
+# magnification=magnet, the preprocessing stage (conf/magnification/magnet.yaml, conf/motion/magnet.yaml).
+
+
+@functools.lru_cache(maxsize=4)
+def cached_magnifier(path: str, batch_size: int, device: str = "cpu") -> MagnetMagnifier:
+    """A :class:`MagnetMagnifier` once per process for each checkpoint and device: a preprocessing worker loads
+    the network with its first clip and keeps it for the others. (A failed load is not cached.)"""
+    return MagnetMagnifier(load_magnet(path, device=device), batch_size=batch_size)
+
+
+def magnet_magnifier(weights: str | Path | None = None, batch_size: int = 8, device: str = "cpu") -> MagnetMagnifier:
+    """The magnifier a ``magnification=magnet`` config group describes (its options as keywords).
+
+    Also the stage's ``validate`` hook: the pipeline calls it before any clip runs, so that missing weights stop
+    the run at once.
+
+    Raises:
+        ConfigError: No weights configured, a missing file or one that does not fit (the message says where
+            the checkpoint is published and which config key to set: :data:`~mer.weights.MAGNET_WEIGHTS_HINT`);
+            a bad batch size or a device this machine lacks.
+    """
+    if weights is None:
+        raise ConfigError(f"magnification=magnet: no MagNet weights configured. {MAGNET_WEIGHTS_HINT}")
+    if int(batch_size) < 1:
+        raise ConfigError(f"magnification=magnet: batch_size must be >= 1, got {batch_size}")
+    try:
+        return cached_magnifier(str(Path(weights).expanduser().resolve()), int(batch_size),
+                                str(available_device(device)))
+    except (WeightsError, ValueError) as error:
+        raise ConfigError(f"magnification=magnet: {error}") from error
+
+
+def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """(B, h, w) maps -> (B, size, size), values kept (the map is normalised, not in pixels)."""
+    if maps.shape[-2:] == (size, size):
+        return maps
+    mode = "area" if size < maps.shape[-1] else "bilinear"
+    options = {} if mode == "area" else {"align_corners": False}
+    resized = F.interpolate(torch.from_numpy(maps)[:, None], size=(size, size), mode=mode, **options)
+    return resized[:, 0].numpy()
+
+
+@register_magnifier("magnet", validate=magnet_magnifier)
+def magnet_magnification(onset: np.ndarray, frames: np.ndarray, alphas: Sequence[float], motion: MotionSpec,
+                         weights: str | Path | None = None, batch_size: int = 8, device: str = "cpu") -> Magnified:
+    """MagNet magnification of the motion from the onset to each frame, for every alpha (``magnification=magnet``).
+
+    Args:
+        onset: (H, W, 3) float32 RGB in [0, 1], frame 0; H, W even (the paper: 256).
+        frames: (K, H, W, 3) float32, frames 1..K.
+        alphas: A amplification factors, all >= 0.
+        motion: With ``motion=magnet`` the maps are the paper's (:func:`motion_map` of the manipulated shape
+            representation, C = 1, at H/2 and resized to ``motion.map_size`` if that differs); with an
+            optical-flow motion they are those of ``flow(onset, magnified frame)``, as for Eulerian magnification.
+        weights: The MagNet checkpoint.
+        batch_size: (frame, alpha) pairs per network call.
+        device: Where the network runs (``cpu``, ``cuda``, ...).
+
+    Returns:
+        :class:`Magnified` ``(A, K, H, W, 3)`` frames (clipped to [0, 1]) and ``(A, K, C, m, m)`` maps.
+    """
+    motion.check_magnification("magnet")
+    magnifier = magnet_magnifier(weights, batch_size, device)
+    clip = magnifier.magnify_clip(np.concatenate([onset[None], frames]), amplification_factors(alphas))
+    num_alphas, num_frames = clip.frames.shape[:2]
+    if motion.computed_by is not None:
+        maps = _resize_maps(clip.motion_maps.reshape(num_alphas * num_frames, *clip.motion_maps.shape[2:]),
+                            motion.map_size)
+        maps = maps[:, None]  # one channel
+    else:
+        maps = motion.maps(motion.flows(onset, clip.frames.reshape(num_alphas * num_frames, *clip.frames.shape[2:])))
+    return Magnified(frames=clip.frames, motion_maps=maps.reshape(num_alphas, num_frames, *maps.shape[1:]))
 
 
 def main(argv: list[str] | None = None) -> int:

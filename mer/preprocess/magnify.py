@@ -3,7 +3,8 @@
 A magnifier turns the onset frame and the N later frames into, for every alpha, the magnified frames and
 the motion maps the ROI patches are cut from. It owns the motion maps because they differ per method: the
 Lagrangian magnifier scales the measured flow; the Eulerian one (``mer.preprocess.eulerian``) measures the
-flow of the frames it renders; MagNet would return its own motion representation.
+flow of the frames it renders; MagNet (``mer.preprocess.magnet``) returns its own motion representation
+(``motion=magnet``) or the flow of the frames it renders.
 
 Magnifying the motion ``d`` from the onset to frame k by ``alpha`` renders a frame whose motion from the onset is
 ``(1 + alpha) d`` (Wu et al. 2012; MagNet's ``m_B + h(alpha g(m_B - m_A))``): ``alpha = 0`` leaves the frame
@@ -11,8 +12,9 @@ as recorded.
 
 Magnifiers share one signature, ``fn(onset, frames, alphas, motion, **options) -> Magnified``, and register
 by name in :data:`MAGNIFIERS`; ``options`` are the keys of the ``magnification`` config group other than
-``name``, ``alphas`` and ``test_alpha``. Magnifiers defined in modules of their own are listed in
-:data:`_MODULES` and imported on first use.
+``name``, ``alphas`` and ``test_alpha``. A learned magnifier (MagNet) caches its network per process and
+registers a ``validate`` hook that loads it (see :func:`validate_magnification`). Magnifiers defined in modules
+of their own are listed in :data:`_MODULES` and imported on first use.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mer.preprocess.errors import ConfigError
 from mer.preprocess.flow import warp
 from mer.preprocess.motion import MotionSpec
 
@@ -44,34 +47,62 @@ class Magnified:
 
 Magnifier = Callable[[np.ndarray, np.ndarray, Sequence[float], MotionSpec], Magnified]
 MAGNIFIERS: dict[str, Callable[..., Magnified]] = {}
+# Checks of a magnifier's options that need more than the config (e.g. loading weights), by name.
+VALIDATORS: dict[str, Callable[..., None]] = {}
 _GROUP_KEYS = ("name", "alphas", "test_alpha")  # keys of the config group that are not options
 # Magnifiers registered by modules of their own: imported when first asked for.
-_MODULES = {"eulerian": "mer.preprocess.eulerian"}
+_MODULES = {"eulerian": "mer.preprocess.eulerian", "magnet": "mer.preprocess.magnet"}
 
 
-def register_magnifier(name: str) -> Callable[[Callable[..., Magnified]], Callable[..., Magnified]]:
-    """Decorator adding a magnifier to :data:`MAGNIFIERS` under ``name``."""
+def register_magnifier(
+    name: str, validate: Callable[..., None] | None = None
+) -> Callable[[Callable[..., Magnified]], Callable[..., Magnified]]:
+    """Decorator adding a magnifier to :data:`MAGNIFIERS` under ``name``.
+
+    Args:
+        name: The ``magnification.name`` that selects it.
+        validate: Called with the magnifier's options by :func:`validate_magnification`, before any clip runs;
+            raises :class:`~mer.preprocess.errors.ConfigError` when they cannot work (e.g. no weights).
+    """
 
     def add(fn: Callable[..., Magnified]) -> Callable[..., Magnified]:
         MAGNIFIERS[name] = fn
+        if validate is not None:
+            VALIDATORS[name] = validate
         return fn
 
     return add
+
+
+def _registered(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The name of the magnifier a config group selects (imported if need be) and its options."""
+    name = cfg["name"]
+    if name not in MAGNIFIERS and name in _MODULES:
+        importlib.import_module(_MODULES[name])
+    if name not in MAGNIFIERS:
+        raise ConfigError(f"unknown magnification {name!r}; registered: {sorted(set(MAGNIFIERS) | set(_MODULES))}")
+    return name, {key: value for key, value in dict(cfg).items() if key not in _GROUP_KEYS}
 
 
 def get_magnifier(cfg: Mapping[str, Any]) -> Magnifier:
     """The magnifier a ``magnification`` config group names, with its options bound.
 
     Raises:
-        ValueError: An unknown name.
+        ConfigError: An unknown name.
     """
-    name = cfg["name"]
-    if name not in MAGNIFIERS and name in _MODULES:
-        importlib.import_module(_MODULES[name])
-    if name not in MAGNIFIERS:
-        raise ValueError(f"unknown magnification {name!r}; registered: {sorted(set(MAGNIFIERS) | set(_MODULES))}")
-    options = {key: value for key, value in dict(cfg).items() if key not in _GROUP_KEYS}
+    name, options = _registered(cfg)
     return partial(MAGNIFIERS[name], **options)
+
+
+def validate_magnification(cfg: Mapping[str, Any]) -> None:
+    """Check that a ``magnification`` config group can run: a known name, and its ``validate`` hook passes.
+
+    Raises:
+        ConfigError: The config cannot work for any clip (the message says why and how to fix it).
+    """
+    name, options = _registered(cfg)
+    if name in VALIDATORS:
+        VALIDATORS[name](**options)
 
 
 def amplification_factors(alphas: Sequence[float]) -> np.ndarray:

@@ -7,6 +7,11 @@ of the map itself (strain, a ratio of displacement to distance, is unchanged by 
 
 Every channel is positively homogeneous of degree 1 in the flow (``map(a * flow) = a * map(flow)`` for
 ``a > 0``); magnifiers use this to scale one map per frame rather than recomputing it per amplification.
+
+Some motion maps are not optical flow but a magnifier's own motion representation: ``motion=magnet`` is
+MagNet's manipulated shape representation, each of its 32 channels min-max normalised and averaged (the
+paper's map; C = 1). Such a motion is listed in :data:`MAGNIFIER_MOTIONS` with the magnification that computes
+it, and any other magnification refuses it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from mer.preprocess.errors import ConfigError
 from mer.preprocess.flow import estimate_flows, resolve_params
 
+#: Channel layouts of maps made from optical flow -> C.
 CHANNELS = {"magnitude": 1, "uv_strain": 3}
+#: Motion maps computed by a magnifier from its own representation rather than from optical flow:
+#: ``motion.name`` -> (the ``magnification.name`` that computes it, its channel layouts -> C).
+MAGNIFIER_MOTIONS: dict[str, tuple[str, dict[str, int]]] = {"magnet": ("magnet", {"shape_mean": 1})}
 
 
 def optical_strain(flows: np.ndarray) -> np.ndarray:
@@ -88,8 +98,9 @@ class MotionSpec:
     """How motion is measured and mapped: the ``motion`` config group plus ``preprocess.map_size``.
 
     Attributes:
-        method: Optical-flow method (``tvl1``, ``farneback``, ``dis``).
-        channels: ``magnitude`` or ``uv_strain``.
+        method: Optical-flow method (``tvl1``, ``farneback``, ``dis``), or a motion computed by a magnifier
+            (a key of :data:`MAGNIFIER_MOTIONS`, e.g. ``magnet``).
+        channels: ``magnitude`` or ``uv_strain`` for optical flow; ``shape_mean`` for ``magnet``.
         map_size: Side of the motion maps.
         params: Overrides of the flow method's defaults (``mer.preprocess.flow.DEFAULT_PARAMS``).
     """
@@ -100,27 +111,63 @@ class MotionSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.channels not in CHANNELS:
-            raise ValueError(f"unknown motion channels {self.channels!r}; choose one of {sorted(CHANNELS)}")
-        resolve_params(self.method, self.params)  # fail on a bad method or parameter before any clip runs
+        if self.channels not in self._layouts:
+            raise ValueError(
+                f"unknown motion channels {self.channels!r} for motion={self.method}; "
+                f"choose one of {sorted(self._layouts)}"
+            )
+        if self.computed_by is None:
+            resolve_params(self.method, self.params)  # fail on a bad method or parameter before any clip runs
 
     @classmethod
     def from_config(cls, motion_cfg: Mapping[str, Any], map_size: int) -> "MotionSpec":
         """From the ``motion`` config group (``name``, ``channels``, optional ``params``)."""
+        name = motion_cfg["name"]
+        default_channels = next(iter(MAGNIFIER_MOTIONS[name][1])) if name in MAGNIFIER_MOTIONS else "magnitude"
         return cls(
-            method=motion_cfg["name"],
-            channels=motion_cfg.get("channels", "magnitude"),
+            method=name,
+            channels=motion_cfg.get("channels") or default_channels,
             map_size=int(map_size),
             params=dict(motion_cfg.get("params") or {}),
         )
 
     @property
+    def computed_by(self) -> str | None:
+        """The magnification that computes this motion map itself; None for optical-flow maps."""
+        return MAGNIFIER_MOTIONS[self.method][0] if self.method in MAGNIFIER_MOTIONS else None
+
+    @property
+    def _layouts(self) -> dict[str, int]:
+        return MAGNIFIER_MOTIONS[self.method][1] if self.method in MAGNIFIER_MOTIONS else CHANNELS
+
+    @property
     def num_channels(self) -> int:
         """C, the channels of a map."""
-        return CHANNELS[self.channels]
+        return self._layouts[self.channels]
+
+    def check_magnification(self, magnification: str) -> None:
+        """Refuse a motion computed by a magnifier other than ``magnification``.
+
+        Raises:
+            ConfigError: E.g. ``motion=magnet`` with ``magnification=lagrangian``.
+        """
+        if self.computed_by is not None and self.computed_by != magnification:
+            raise ConfigError(
+                f"motion={self.method} is the motion representation of magnification={self.computed_by}; it does "
+                f"not exist with magnification={magnification}. Choose magnification={self.computed_by}, or an "
+                f"optical-flow motion (motion=tvl1, farneback, dis, ...)."
+            )
 
     def flows(self, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Flows from ``reference`` ``(H, W, 3)`` to each of ``frames`` ``(K, H, W, 3)`` -> ``(K, H, W, 2)``."""
+        """Flows from ``reference`` ``(H, W, 3)`` to each of ``frames`` ``(K, H, W, 3)`` -> ``(K, H, W, 2)``.
+
+        Raises:
+            ConfigError: A motion computed by a magnifier, which has no optical flow.
+        """
+        if self.computed_by is not None:
+            raise ConfigError(
+                f"motion={self.method} is not an optical flow: only magnification={self.computed_by} computes it"
+            )
         return estimate_flows(reference, frames, self.method, self.params)
 
     def maps(self, flows: np.ndarray) -> np.ndarray:

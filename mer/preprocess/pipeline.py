@@ -65,13 +65,15 @@ def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: st
         ``("ok", timings)`` or ``("rejected", {"reason": ...})``.
     """
     from mer.preprocess.clip import process_clip
-    from mer.preprocess.errors import ClipError
+    from mer.preprocess.errors import ClipError, ConfigError
 
     cfg = OmegaConf.create(cfg_container)
     clips_dir = Path(clips_dir)
     try:
         frame_paths = index_frames(sample["frames_dir"], cfg.dataset.frame_regex)
         result = process_clip(sample, frame_paths, cfg)
+    except ConfigError:
+        raise  # the same for every clip: the run stops (check_config normally finds it before any clip)
     except Exception as error:  # noqa: BLE001 - every failure is reported per clip, or re-raised below
         if on_error == "raise" or not isinstance(error, (ClipError, OSError, ValueError)):
             raise RuntimeError(f"clip {sample['subject']}/{sample['clip']}: {error}") from error
@@ -100,6 +102,18 @@ def _pending(samples: pd.DataFrame, clips_dir: Path) -> Iterator[dict]:
             yield row.to_dict()
 
 
+def worker_config(cfg: DictConfig) -> dict[str, Any]:
+    """The plain, resolved config a clip needs: the hashed nodes only.
+
+    Interpolations such as ``${paths.weights_dir}`` are resolved here, in the main process: ``paths`` and
+    ``hydra`` are not passed on (they may not resolve outside the main process).
+    """
+    return {
+        node: OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node]
+        for node in HASHED_NODES
+    }
+
+
 def _worker_init() -> None:
     import cv2
 
@@ -118,17 +132,25 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         The complete cache directory.
 
     Raises:
+        ConfigError: A config no clip can run with (e.g. missing weights of a learned stage), found before any
+            clip runs.
         AnnotationError: A sheet problem with ``preprocess.on_error=raise``.
         RuntimeError: A clip failed with ``preprocess.on_error=raise`` (the message names it).
     """
+    from mer.preprocess.clip import check_config
+
     out = cache_dir_for(cfg)
     if is_complete(out):
         log.info("cache is complete: %s", out)
         return out
-    ensure_corpus(cfg)
     on_error = str(cfg.preprocess.on_error)
     if on_error not in ("skip", "raise"):
         raise ValueError(f"preprocess.on_error must be 'skip' or 'raise', got {on_error!r}")
+    cfg_container = worker_config(cfg)
+    # Once here rather than once per clip in every worker: a bad config (missing weights, motion=magnet without
+    # magnification=magnet, ...) stops the run with its message instead of rejecting every clip for it.
+    check_config(OmegaConf.create(cfg_container))
+    ensure_corpus(cfg)
 
     samples, problems = read_sample_table(cfg.dataset, on_error=on_error)
     if samples.empty:
@@ -141,8 +163,6 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     timings: dict[str, float] = {}
     todo = list(_pending(samples, clips_dir))
     log.info("%d clips, %d to process, cache %s", len(samples), len(todo), out)
-    # Workers get only what a clip needs (not paths/hydra, which may not resolve outside the main process).
-    cfg_container = {node: OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node] for node in HASHED_NODES}
     start = time.perf_counter()
     workers = int(cfg.preprocess.workers)
     bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress)

@@ -22,16 +22,20 @@ Command line (one interpolated frame from two ``.npy`` frames)::
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mer.preprocess.errors import ConfigError
+from mer.preprocess.interpolate import register_interpolator
+from mer.preprocess.tensor_frames import available_device, load_frame_npy, to_nchw_tensor, to_nhwc_array
 from mer.weights import RIFE_FETCH_COMMAND, WeightsError, check_rife_file, load_strict
 
 SCALES = (4, 2, 1)
@@ -408,26 +412,63 @@ def interpolate(frames: np.ndarray, frame_numbers: np.ndarray, stamps: np.ndarra
             to_nchw_tensor(frames[following[needs_network]], interpolator.device),
             torch.from_numpy(ratios[needs_network]),
         )
-        output[needs_network] = synthesised.permute(0, 2, 3, 1).cpu().numpy()
+        output[needs_network] = to_nhwc_array(synthesised)
     return output
 
 
-def to_nchw_tensor(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """(B, H, W, 3) or (H, W, 3) array -> contiguous float32 (B, 3, H, W) tensor (B = 1 for one frame)."""
-    images = np.asarray(images)
-    batch = images[None] if images.ndim == 3 else images
-    return torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)).to(device)
+# interpolation=rife, the preprocessing stage (conf/interpolation/rife.yaml).
 
 
-def load_frame_npy(path: str) -> np.ndarray:
-    """Read an H x W x 3 float frame in [0, 1] for the command-line tools; exit with a message otherwise."""
-    frame = np.load(path)
-    if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise SystemExit(f"error: {path} must hold an H x W x 3 array, got shape {frame.shape}")
-    if not np.issubdtype(frame.dtype, np.floating) or frame.min() < 0 or frame.max() > 1:
-        raise SystemExit(f"error: {path} must hold floats in [0, 1] (dtype {frame.dtype}, "
-                         f"range [{frame.min()}, {frame.max()}])")
-    return frame.astype(np.float32)
+@functools.lru_cache(maxsize=4)
+def cached_rife(path: str, verify_hash: bool, device: str = "cpu") -> IFNet:
+    """:func:`load_rife` once per process for each file and device: a preprocessing worker loads the network
+    with its first clip and keeps it for the others. (A failed load is not cached.)"""
+    return load_rife(path, verify_hash=verify_hash, device=device)
+
+
+def rife_interpolator(weights: str | Path | None = None, verify_hash: bool = True, tolerance: float = 0.01,
+                      max_calls: int = 8, batch_size: int = 16, device: str = "cpu") -> RifeInterpolator:
+    """The interpolator an ``interpolation=rife`` config group describes (its options as keywords).
+
+    Also the stage's ``validate`` hook: the pipeline calls it before any clip runs, so that missing or wrong
+    weights stop the run at once.
+
+    Raises:
+        ConfigError: No weights configured, or a file that is missing, has the wrong hash or does not fit
+            (the message names the file and ``python -m mer.weights rife``); a bad option or a device this
+            machine lacks.
+    """
+    if weights is None:
+        raise ConfigError(
+            "interpolation=rife needs interpolation.weights, the path of the HDv3 flownet.pkl; fetch the "
+            f"published file with `{RIFE_FETCH_COMMAND}` (it writes weights/rife/flownet.pkl, the default path)"
+        )
+    if int(batch_size) < 1:
+        raise ConfigError(f"interpolation=rife: batch_size must be >= 1, got {batch_size}")
+    try:
+        model = cached_rife(str(Path(weights).expanduser().resolve()), bool(verify_hash),
+                            str(available_device(device)))
+        return RifeInterpolator(model, tolerance=tolerance, max_calls=max_calls, batch_size=batch_size)
+    except (WeightsError, ValueError) as error:
+        raise ConfigError(f"interpolation=rife: {error}") from error
+
+
+@register_interpolator("rife", validate=rife_interpolator)
+def rife_interpolation(frames: np.ndarray, frame_numbers: np.ndarray, stamps: np.ndarray,
+                       **options: Any) -> np.ndarray:
+    """RIFE HDv3 frames at the stamps of a clip (``interpolation=rife``).
+
+    Args:
+        frames: (T, H, W, 3) float32 RGB in [0, 1].
+        frame_numbers: (T,) their frame numbers, strictly increasing.
+        stamps: (K,) time stamps.
+        **options: The config group's ``weights``, ``verify_hash``, ``tolerance``, ``max_calls``,
+            ``batch_size`` and ``device`` (see :func:`rife_interpolator`).
+
+    Returns:
+        (K, H, W, 3) float32; a stamp on a recorded frame returns that frame exactly.
+    """
+    return interpolate(frames, frame_numbers, stamps, interpolator=rife_interpolator(**options))
 
 
 def main(argv: list[str] | None = None) -> int:
