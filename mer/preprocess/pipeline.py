@@ -121,6 +121,14 @@ def _worker_init() -> None:
     cv2.setNumThreads(1)
 
 
+def _pool_worker_init() -> None:
+    import torch
+
+    _worker_init()
+    # Likewise for the learned stages (RIFE, MagNet) in each of several worker processes.
+    torch.set_num_threads(1)
+
+
 def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     """Build the cache for ``cfg`` (a no-op when it is already complete).
 
@@ -173,7 +181,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
             bar.update()
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_pool_worker_init) as pool:
             futures = {pool.submit(_process_one, s, cfg_container, str(clips_dir), on_error): s for s in todo}
             try:
                 for future in as_completed(futures):
