@@ -30,12 +30,19 @@ def main(cfg: DictConfig) -> None:
     if summary is not None:
         print(format_summary(summary))
         print(f"results: {out_dir}/summary.md ({time.perf_counter() - start:.0f} s)")
-    else:
+    elif cfg.fold is not None:
         print(f"fold {cfg.fold} done: {out_dir}/folds/fold_{int(cfg.fold):02d}/predictions.csv")
+    # else: a DDP process other than rank 0, which writes nothing.
 
 
 def _share_devices(cfg: DictConfig) -> None:
-    """In a multirun whose jobs run side by side, give each job its own GPU, or its share of the cores."""
+    """In a multirun, give each job its own GPU, or its share of the cores.
+
+    - joblib (``n_jobs`` jobs side by side on this machine): job k gets GPU ``k % GPUs``; without
+      GPUs, each job gets ``cores // n_jobs`` threads.
+    - submitit (SLURM or local): the scheduler hands each job its GPUs (CUDA_VISIBLE_DEVICES); the
+      job uses ``cpus_per_task`` threads when that is set.
+    """
     import os
 
     import torch
@@ -46,7 +53,7 @@ def _share_devices(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return
-    parallel_jobs = int(hydra_cfg.launcher.get("n_jobs", 1) or 1)
+    launcher = hydra_cfg.launcher
     job = int(hydra_cfg.job.num)
     if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
         device = job % torch.cuda.device_count()
@@ -54,10 +61,14 @@ def _share_devices(cfg: DictConfig) -> None:
             cfg.trainer.accelerator = "gpu"
             cfg.trainer.devices = [device]
         log.info("job %d pinned to GPU %d", job, device)
-    elif parallel_jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
+    threads = None
+    if launcher.get("cpus_per_task"):
+        threads = int(launcher.cpus_per_task)
+    elif int(launcher.get("n_jobs", 1) or 1) > 1:
+        threads = max(1, (os.cpu_count() or 1) // int(launcher.n_jobs))
+    if threads is not None:
         torch.set_num_threads(threads)
-        log.info("job %d uses %d CPU threads (%d jobs in parallel)", job, threads, parallel_jobs)
+        log.info("job %d uses %d CPU threads", job, threads)
 
 
 if __name__ == "__main__":

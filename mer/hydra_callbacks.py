@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -12,12 +13,18 @@ log = logging.getLogger(__name__)
 
 
 class AggregateSweep(Callback):
-    """On ``on_multirun_end``, run :func:`mer.report.aggregate_sweep` over the sweep directory."""
+    """On ``on_multirun_end``, run :func:`mer.report.aggregate_sweep` over the sweep directory.
+
+    It runs in the launching process once every job has returned (whatever the launcher: joblib,
+    submitit), writes the per-configuration summaries and ``table.md``, and logs one wandb summary
+    run per configuration whose jobs used ``logger=wandb``.
+    """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mer.report import aggregate_sweep, sweep_table
+        from mer.report import aggregate_sweep
 
-        rows = aggregate_sweep(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = aggregate_sweep(sweep_dir, wandb_summaries=True)
         if rows:
-            print(sweep_table(rows), end="")
-            log.info("sweep summaries in %s/summaries", config.hydra.sweep.dir)
+            print((sweep_dir / "table.md").read_text(), end="")
+            log.info("sweep summaries in %s/summaries", sweep_dir)

@@ -2,6 +2,8 @@
 
 The model is re-initialised for every fold (same seed), trained for a fixed number of epochs
 and the model after the last epoch is tested: nothing is ever selected on the test subject.
+Folds run one after another through Lightning (:func:`run_fold`), or all at once as one stacked
+model with ``trainer.fold_parallel=true`` (:mod:`mer.fold_parallel`); both write the same files.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -21,13 +25,21 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
 from mer.preprocess.cache import Cache, CacheMissingError, atomic_write_text, cache_dir_for, is_complete, load_cache
-from mer.report import PREDICTION_COLUMNS, write_summary
+from mer.report import (
+    PREDICTION_COLUMNS, configuration_key, configuration_label, log_summary_to_wandb, wandb_group, write_summary,
+)
 
 log = logging.getLogger(__name__)
+
+#: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
+FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
 
 
 def resolve_cache(cfg: DictConfig) -> Path:
     """The complete cache for ``cfg``, built first when allowed (``preprocess_if_missing``).
+
+    The jobs of a sweep start together and may all find the cache missing: the first to take a
+    lock file beside the cache builds it, the others wait for it and then find it complete.
 
     Raises:
         CacheMissingError: With the ``preprocess.py`` command that builds it.
@@ -38,7 +50,10 @@ def resolve_cache(cfg: DictConfig) -> Path:
     if cfg.get("preprocess_if_missing", False):
         from mer.preprocess.pipeline import run_preprocessing
 
-        return run_preprocessing(cfg)
+        with _exclusive_lock(directory.with_name(directory.name + ".lock")):
+            if is_complete(directory):
+                return directory
+            return run_preprocessing(cfg)
     overrides = " ".join(
         f"{k}={v}" for k, v in (
             ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
@@ -52,7 +67,51 @@ def resolve_cache(cfg: DictConfig) -> Path:
     )
 
 
-def _loggers(cfg: DictConfig, fold: int) -> list[Any]:
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the block; other holders wait."""
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks here (Windows): racing builders write identical files atomically
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another job is building the cache (%s is locked): waiting for it", path)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# What a run is: its configuration's identity and its loggers.
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as a plain resolved dict (unresolved where an interpolation cannot resolve here)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def run_wandb_group(cfg: DictConfig) -> str:
+    """The wandb group of this run's configuration (the one :func:`mer.report.aggregate_sweep` gives its summary)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return wandb_group(str(cfg.experiment_name), configuration_label(overrides), configuration_key(resolved_config(cfg)))
+
+
+def fold_loggers(cfg: DictConfig, fold: int, group: str | None = None) -> list[Any]:
+    """The Lightning loggers of one fold (``cfg.logger``): CSV version ``fold_XX``, one wandb run per fold in ``group``."""
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         kwargs: dict[str, Any] = {}
@@ -60,21 +119,116 @@ def _loggers(cfg: DictConfig, fold: int) -> list[Any]:
             kwargs["version"] = f"fold_{fold:02d}"
         elif name == "wandb":
             kwargs["name"] = f"{cfg.experiment_name}-fold_{fold:02d}"
-        loggers.append(instantiate(node, **kwargs))
+            if node.get("group") is None:
+                kwargs["group"] = group if group is not None else run_wandb_group(cfg)
+            if node.get("config") is None:
+                kwargs["config"] = {**resolved_config(cfg), "fold": fold}
+        # Through a partial: a `config=` keyword would collide with instantiate's own first argument.
+        loggers.append(instantiate(node, _partial_=True)(**kwargs))
     return loggers
 
 
-def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.DataFrame:
+def close_loggers(loggers: list[Any]) -> None:
+    """Finish each logger's run; a wandb run is finished so that the next fold opens its own."""
+    for logger in loggers:
+        logger.finalize("success")
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.finish()
+
+
+def lightning_trainer_args(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` without this project's own keys: the ``pytorch_lightning.Trainer`` arguments."""
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in FOLD_PARALLEL_KEYS:
+        args.pop(key, None)
+    return args
+
+
+# --------------------------------------------------------------------------------------------
+# The files of a fold: folds/fold_XX/{fold.json, predictions.csv}
+
+
+def _fold_dir(out_dir: Path, fold: int) -> Path:
+    return Path(out_dir) / "folds" / f"fold_{fold:02d}"
+
+
+def read_fold_predictions(out_dir: Path, fold: int) -> pd.DataFrame | None:
+    """A completed fold's predictions (``folds/fold_XX/predictions.csv``), or None when it has none yet."""
+    done = _fold_dir(out_dir, fold) / "predictions.csv"
+    if not done.is_file():
+        return None
+    log.info("fold %d already complete, reusing %s", fold, done)
+    return pd.read_csv(done, dtype={"subject": str, "clip": str, "dataset": str})
+
+
+def write_fold_info(out_dir: Path, fold: int, test_subject: str, cache: Cache, train_clips: int, test_clips: int) -> None:
+    """Write ``folds/fold_XX/fold.json``: the fold's test subject, sizes and how many folds the corpus has."""
+    fold_dir = _fold_dir(out_dir, fold)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(fold_dir / "fold.json", json.dumps(
+        {"fold": fold, "test_subject": test_subject, "num_folds": len(cache.subjects),
+         "train_clips": train_clips, "test_clips": test_clips, "cache": str(cache.directory)},
+        indent=2))
+
+
+def write_fold_predictions(
+    cfg: DictConfig, fold: int, test_subject: str, table: pd.DataFrame, out_dir: Path, samples: pd.DataFrame,
+) -> pd.DataFrame:
+    """Write a fold's test predictions to ``folds/fold_XX/predictions.csv`` (atomically: it marks the fold done).
+
+    Args:
+        table: One row per test clip: ``subject, clip, label, prediction`` and ``prob_<class>`` columns.
+        samples: The cache's sample table, whose ``dataset`` column names each clip's source corpus
+            (a composite's clips name their own).
+
+    Returns:
+        The table as written, with ``fold`` and ``dataset`` columns first.
+    """
+    sources = samples[["subject", "clip", "dataset"]].astype(str)
+    predictions = table.merge(sources, on=["subject", "clip"], how="left", validate="one_to_one")
+    predictions.insert(0, "fold", fold)
+    columns = PREDICTION_COLUMNS + [c for c in predictions.columns if c.startswith("prob_")]
+    predictions = predictions[columns]
+    fold_dir = _fold_dir(out_dir, fold)
+    atomic_write_text(fold_dir / "predictions.csv", predictions.to_csv(index=False))
+    shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+    accuracy = float((predictions["label"] == predictions["prediction"]).mean())
+    log.info("fold %d (test subject %s): %d clips, accuracy %.3f", fold, test_subject, len(predictions), accuracy)
+    return predictions
+
+
+@torch.no_grad()
+def _test_alone(module: MERModule, data: LOSODataModule) -> pd.DataFrame:
+    """The test subject's predictions computed in this process alone (no Lightning test loop)."""
+    module.eval()
+    module.on_test_epoch_start()
+    for batch_index, batch in enumerate(data.test_dataloader()):
+        batch = {**batch, "patches": batch["patches"].to(module.device), "label": batch["label"].to(module.device)}
+        module.test_step(batch, batch_index)
+    module.test_metrics.reset()
+    return pd.DataFrame(module.test_records)
+
+
+# --------------------------------------------------------------------------------------------
+# Running folds
+
+
+def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None) -> pd.DataFrame | None:
     """Train a fresh model on every subject but ``subjects[fold]`` and test it on that subject.
 
-    Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table.
+    Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
+    fold whose predictions exist is skipped (``resume``); a fold killed mid-training resumes from
+    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch).
+
+    Returns:
+        The fold's predictions; None in the processes of a multi-process (DDP) run other than rank 0.
     """
-    fold_dir = out_dir / "folds" / f"fold_{fold:02d}"
-    done = fold_dir / "predictions.csv"
-    if cfg.get("resume", True) and done.is_file():
-        log.info("fold %d already complete, reusing %s", fold, done)
-        return pd.read_csv(done, dtype={"subject": str, "clip": str, "dataset": str})
-    fold_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    if cfg.get("resume", True):
+        done = read_fold_predictions(out_dir, fold)
+        if done is not None:
+            return done
+    fold_dir = _fold_dir(out_dir, fold)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data = LOSODataModule(
         cache.directory, fold, batch_size=int(cfg.data.batch_size), test_alpha=cfg.data.test_alpha,
@@ -85,10 +239,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
     )
-    atomic_write_text(fold_dir / "fold.json", json.dumps(
-        {"fold": fold, "test_subject": data.test_subject, "num_folds": len(cache.subjects),
-         "train_clips": len(data.train_set), "test_clips": len(data.test_set), "cache": str(cache.directory)},
-        indent=2))
+    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set))
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     # The last epoch's state, kept only so that a killed fold resumes where it stopped; it is never
     # a "best" checkpoint (nothing is selected on the test subject).
@@ -96,44 +247,59 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.Data
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
                                      every_n_epochs=1, enable_version_counter=False))
     last = checkpoint_dir / "last.ckpt"
-    trainer_args = {**OmegaConf.to_container(cfg.trainer, resolve=True), "enable_checkpointing": True}
-    trainer = pl.Trainer(**trainer_args, logger=_loggers(cfg, fold) or False, callbacks=callbacks,
-                         default_root_dir=str(out_dir))
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    trainer.test(module, datamodule=data, verbose=False)
-    for logger in trainer.loggers:
-        logger.finalize("success")
-    predictions = pd.DataFrame(module.test_records)
-    # The source corpus of each clip, from the sample table: a composite's clips name their own corpus.
-    sources = cache.samples[["subject", "clip", "dataset"]].astype(str)
-    predictions = predictions.merge(sources, on=["subject", "clip"], how="left", validate="one_to_one")
-    predictions.insert(0, "fold", fold)
-    columns = PREDICTION_COLUMNS + [c for c in predictions.columns if c.startswith("prob_")]
-    predictions = predictions[columns]
-    atomic_write_text(done, predictions.to_csv(index=False))
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    accuracy = float((predictions["label"] == predictions["prediction"]).mean())
-    log.info("fold %d (test subject %s): %d clips, accuracy %.3f", fold, data.test_subject, len(predictions), accuracy)
-    return predictions
+    trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
+    loggers = fold_loggers(cfg, fold, wandb_group)
+    trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
+    if last.is_file():
+        log.info("fold %d resumes from %s", fold, last)
+    # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
+    # torch.load's default weights_only=True refuses.
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    if trainer.world_size > 1:
+        # Lightning's test loop would shard (and pad) the test clips across the processes: rank 0
+        # tests them all by itself instead, and the other ranks go on to the next fold.
+        if not trainer.is_global_zero:
+            return None
+        table = _test_alone(module, data)
+    else:
+        trainer.test(module, datamodule=data, verbose=False)
+        table = pd.DataFrame(module.test_records)
+    close_loggers(trainer.loggers)
+    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples)
 
 
 def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     """Run the folds ``cfg.fold`` asks for and, when every fold ran, write the pooled summary.
 
+    With ``trainer.fold_parallel=true`` the folds are trained together (:mod:`mer.fold_parallel`).
+    With ``logger=wandb``, a run of every fold also logs a summary run (pooled metrics, confusion
+    matrix, per-fold table) in the configuration's wandb group.
+
     Returns:
         The summary dict of all folds pooled, or None for a single-fold run (a multirun pools
-        its jobs with ``python -m mer.report``).
+        its jobs with ``python -m mer.report``) and in the non-zero ranks of a DDP run.
     """
     out_dir = Path(out_dir)
     cache = load_cache(resolve_cache(cfg))
-    folds = range(len(cache.subjects)) if cfg.fold is None else [int(cfg.fold)]
-    tables = [run_fold(cfg, fold, cache, out_dir) for fold in folds]
-    if cfg.fold is not None:
+    folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
+    group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
+    if cfg.trainer.get("fold_parallel", False):
+        from mer.fold_parallel import run_folds_parallel
+
+        tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group)
+    else:
+        tables = [run_fold(cfg, fold, cache, out_dir, wandb_group=group) for fold in folds]
+    if cfg.fold is not None or any(table is None for table in tables):
         return None
     predictions = pd.concat(tables, ignore_index=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return write_summary(out_dir, predictions, cache.manifest["classes"], config,
-                         title=f"{cfg.experiment_name}: LOSO over {len(tables)} subjects")
+    config = resolved_config(cfg)
+    summary = write_summary(out_dir, predictions, cache.manifest["classes"], config,
+                            title=f"{cfg.experiment_name}: LOSO over {len(tables)} subjects")
+    if group is not None:
+        wandb_node = config["logger"]["wandb"]
+        log_summary_to_wandb(summary, out_dir, wandb_node, group=wandb_node.get("group") or group,
+                             name=f"{cfg.experiment_name}-summary", config=config)
+    return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -6,7 +6,9 @@ Prediction tables have one row per test clip with the columns
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,6 +17,8 @@ import pandas as pd
 
 from mer.metrics import pooled_metrics, present_class_metrics
 from mer.preprocess.cache import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["fold", "dataset", "subject", "clip", "label", "prediction"]
 
@@ -132,105 +136,275 @@ def write_summary(
 
 
 # --------------------------------------------------------------------------------------------
-# Sweeps: pool the fold jobs of a Hydra multirun, one summary per configuration.
+# Configurations: what separates one result from another.
 
-#: Config keys that do not define a configuration: which fold ran, where things were written.
-NON_CONFIG_KEYS = ("fold", "paths", "resume")
+#: Config keys (dotted; a key covers its whole subtree) that say how or where a run went, not what
+#: was trained and tested. They never separate configurations: the fold jobs of one configuration
+#: differ in ``fold`` (and, with one GPU per job, in ``trainer.devices``) and are pooled together.
+RUN_ONLY_KEYS = (
+    "fold", "resume", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
+    "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
+)
+
+
+def is_run_only(key: str) -> bool:
+    """Whether a dotted config key (or an override's key, ``+``/``~`` prefixes allowed) is in :data:`RUN_ONLY_KEYS`."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in RUN_ONLY_KEYS)
+
+
+def configuration(config: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config without its :data:`RUN_ONLY_KEYS` (a deep copy)."""
+    import copy
+
+    config = copy.deepcopy(config)
+    for dotted in RUN_ONLY_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return config
+
+
+def configuration_key(config: dict[str, Any]) -> str:
+    """Stable 12-hex-digit hash of :func:`configuration` of a resolved config: equal for the jobs of one configuration."""
+    text = json.dumps(configuration(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def configuration_label(overrides: Sequence[str]) -> str:
+    """The command-line overrides that name a configuration (run-only ones dropped), joined by commas."""
+    return ",".join(o for o in overrides if not is_run_only(o.split("=", 1)[0])) or "default"
+
+
+def wandb_group(experiment_name: str, label: str, key: str) -> str:
+    """The wandb group of a configuration: readable, and unique through the configuration hash (<= 128 chars)."""
+    suffix = f" ({key[:8]})"
+    head = f"{experiment_name}/{label}"
+    return head[: 128 - len(suffix)] + suffix
+
+
+def load_job_config(job_dir: Path) -> dict[str, Any]:
+    """The resolved config a Hydra job saved in ``job_dir/.hydra/config.yaml``.
+
+    ``paths.output_dir`` (``${hydra:runtime.output_dir}`` at run time) resolves to ``job_dir``; should
+    another interpolation not resolve outside its job, the config is returned unresolved.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.load(Path(job_dir) / ".hydra" / "config.yaml")
+    if "paths" in cfg and "output_dir" in cfg.paths:
+        cfg.paths.output_dir = str(job_dir)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _job_overrides(job_dir: Path) -> list[str]:
+    from omegaconf import OmegaConf
+
+    path = Path(job_dir) / ".hydra" / "overrides.yaml"
+    return [str(o) for o in OmegaConf.to_container(OmegaConf.load(path))] if path.is_file() else []
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: pool the fold jobs of a Hydra multirun, one summary per configuration.
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted(p.parent.parent for p in Path(sweep_dir).rglob(".hydra/config.yaml") if (p.parent.parent / "folds").is_dir())
+    """Every Hydra job directory under ``sweep_dir`` (those with ``.hydra/config.yaml``), sorted."""
+    return sorted(p.parent.parent for p in Path(sweep_dir).rglob(".hydra/config.yaml"))
 
 
-def _configuration(job_dir: Path) -> tuple[str, str, dict]:
-    """(group key, readable name, config without fold/paths) of one job directory."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "config.yaml"), resolve=False)
-    for key in NON_CONFIG_KEYS:
-        config.pop(key, None)
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
-    name = ",".join(o for o in overrides if not o.split("=")[0].lstrip("+~") in NON_CONFIG_KEYS) or "default"
-    return json.dumps(config, sort_keys=True, default=str), name, config
-
-
-def aggregate_sweep(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration.
-
-    Writes ``<sweep_dir>/summaries/<configuration>/`` (the files of :func:`write_summary`) for each
-    configuration and ``<sweep_dir>/table.md`` comparing them. A configuration with missing folds
-    is flagged as incomplete in both.
-
-    Returns:
-        One row per configuration: ``name``, ``folds_found``, ``folds_expected``, ``complete``,
-        ``uf1``, ``uar``, ``accuracy`` (pooled over the folds found), ``summary_dir``.
-    """
-    sweep_dir = Path(sweep_dir)
+def _collect(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Group the job directories of a sweep by configuration, with the fold predictions each one found."""
     groups: dict[str, dict[str, Any]] = {}
     for job_dir in _job_dirs(sweep_dir):
-        key, name, config = _configuration(job_dir)
-        group = groups.setdefault(key, {"name": name, "config": config, "fold_files": {}, "expected": set()})
-        for fold_file in sorted((job_dir / "folds").glob("fold_*/predictions.csv")):
-            info_file = fold_file.parent / "fold.json"
-            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-            group["fold_files"][int(fold_file.parent.name.split("_")[1])] = fold_file
-            if "num_folds" in info:
-                group["expected"].add(int(info["num_folds"]))
+        config = load_job_config(job_dir)
+        key = configuration_key(config)
+        overrides = [o for o in _job_overrides(job_dir) if not is_run_only(o.split("=", 1)[0])]
+        group = groups.setdefault(key, {
+            "key": key, "config": config, "overrides": overrides, "fold_files": {}, "expected": set(),
+            "job_dirs": [],
+        })
+        group["job_dirs"].append(job_dir)
+        for info_file in sorted(job_dir.glob("folds/fold_*/fold.json")):
+            info = json.loads(info_file.read_text())
+            group["expected"].add(int(info["num_folds"]))
+        for fold_file in sorted(job_dir.glob("folds/fold_*/predictions.csv")):
+            fold = int(fold_file.parent.name.split("_")[1])
+            if fold in group["fold_files"]:
+                log.warning("fold %d of %s found twice: %s and %s; the first is used",
+                            fold, configuration_label(overrides), group["fold_files"][fold], fold_file)
+                continue
+            group["fold_files"][fold] = fold_file
+    return sorted(groups.values(), key=lambda g: (configuration_label(g["overrides"]), g["key"]))
+
+
+def _display_names(groups: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Short unique names (the overrides that vary across configurations) and the overrides all share."""
+    if len(groups) < 2:
+        return [configuration_label(g["overrides"]) for g in groups], []
+    override_sets = [set(g["overrides"]) for g in groups]
+    common = sorted(set.intersection(*override_sets))
+    names = [",".join(o for o in g["overrides"] if o not in common) or "default" for g in groups]
+    for i, name in enumerate(names):
+        if names.count(name) > 1:  # configurations the overrides do not tell apart (e.g. edited config files)
+            names[i] = f"{name}#{groups[i]['key'][:8]}"
+    return names, common
+
+
+def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> list[dict[str, Any]]:
+    """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration.
+
+    Jobs belong to the same configuration when their resolved configs agree on every key but
+    :data:`RUN_ONLY_KEYS` (``fold`` above all). Writes ``<sweep_dir>/summaries/<configuration>/``
+    (the files of :func:`write_summary`) for each configuration, and ``<sweep_dir>/table.md`` and
+    ``table.json`` comparing them. A configuration with fewer prediction files than its corpus has
+    subjects is flagged INCOMPLETE in both, with the missing folds listed.
+
+    Args:
+        sweep_dir: A multirun directory (or one run's output directory).
+        wandb_summaries: Also log one wandb summary run per configuration whose jobs used ``logger=wandb``.
+
+    Returns:
+        One row per configuration: ``name``, ``label`` (its overrides), ``key``, ``folds_found``,
+        ``folds_expected`` (None when no fold started), ``missing_folds``, ``complete``, ``uf1``,
+        ``uar``, ``accuracy`` (pooled over the folds found; None when none could be pooled) and
+        ``summary_dir``.
+    """
+    sweep_dir = Path(sweep_dir)
+    groups = _collect(sweep_dir)
+    names, common = _display_names(groups)
     rows = []
-    for group in groups.values():
-        if not group["fold_files"]:
+    for group, name in zip(groups, names):
+        found = sorted(group["fold_files"])
+        expected = max(group["expected"]) if group["expected"] else None
+        missing = sorted(set(range(expected)) - set(found)) if expected is not None else []
+        row: dict[str, Any] = {
+            "name": name, "label": configuration_label(group["overrides"]), "key": group["key"],
+            "folds_found": len(found), "folds_expected": expected, "missing_folds": missing,
+            "complete": expected is not None and not missing, "uf1": None, "uar": None, "accuracy": None,
+            "summary_dir": None,
+        }
+        rows.append(row)
+        if not found:
             continue
         predictions = pd.concat(
-            [pd.read_csv(f, dtype={"subject": str, "clip": str, "dataset": str}) for _, f in sorted(group["fold_files"].items())],
+            [pd.read_csv(group["fold_files"][f], dtype={"subject": str, "clip": str, "dataset": str}) for f in found],
             ignore_index=True,
         )
         classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
-        expected = max(group["expected"]) if group["expected"] else len(group["fold_files"])
-        found = len(group["fold_files"])
-        safe = "".join(ch if ch.isalnum() or ch in "=,._-" else "_" for ch in group["name"])
+        safe = "".join(ch if ch.isalnum() or ch in "=,._-#" else "_" for ch in name)[:200]
         out = sweep_dir / "summaries" / safe
-        title = f"{group['name']}: {found}/{expected} folds" + ("" if found == expected else " (INCOMPLETE)")
+        row["summary_dir"] = str(out)
+        title = f"{name}: {len(found)}/{expected or '?'} folds"
+        if not row["complete"]:
+            title += f" (INCOMPLETE: missing folds {missing})" if missing else " (INCOMPLETE)"
         try:
-            summary = write_summary(out, predictions, classes, group["config"], title=title)
+            summary = write_summary(out, predictions, classes, configuration(group["config"]), title=title)
         except ValueError as error:  # e.g. a class absent from the folds found so far
-            rows.append({"name": group["name"], "folds_found": found, "folds_expected": expected,
-                         "complete": False, "uf1": None, "uar": None, "accuracy": None, "summary_dir": str(out),
-                         "error": str(error)})
+            row["error"] = str(error)
             continue
-        rows.append({"name": group["name"], "folds_found": found, "folds_expected": expected,
-                     "complete": found == expected, "uf1": summary["uf1"], "uar": summary["uar"],
-                     "accuracy": summary["accuracy"], "summary_dir": str(out)})
-    rows.sort(key=lambda r: r["name"])
-    atomic_write_text(sweep_dir / "table.md", sweep_table(rows))
+        row.update({k: summary[k] for k in ("uf1", "uar", "accuracy")})
+        if wandb_summaries and "wandb" in (group["config"].get("logger") or {}):
+            config = group["config"]
+            log_summary_to_wandb(
+                summary, out, config["logger"]["wandb"],
+                group=config["logger"]["wandb"].get("group")
+                or wandb_group(str(config.get("experiment_name")), row["label"], group["key"]),
+                name=f"{config.get('experiment_name')}-summary", config=configuration(config),
+                extra={"folds_found": len(found), "folds_expected": expected, "complete": row["complete"]},
+            )
+    atomic_write_text(sweep_dir / "table.md", sweep_table(rows, common))
     atomic_write_text(sweep_dir / "table.json", json.dumps(rows, indent=2))
     return rows
 
 
-def sweep_table(rows: list[dict[str, Any]]) -> str:
+def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()) -> str:
     """Markdown comparison of configurations (pooled metrics; incomplete ones flagged)."""
-    lines = ["| configuration | folds | UF1 | UAR | accuracy |", "|---|---|---|---|---|"]
+    lines = []
+    if common_overrides:
+        lines += [f"Overrides shared by every configuration: `{','.join(common_overrides)}`", ""]
+    lines += ["| configuration | folds | UF1 | UAR | accuracy |", "|---|---|---|---|---|"]
     for r in rows:
-        folds = f"{r['folds_found']}/{r['folds_expected']}" + ("" if r["complete"] else " INCOMPLETE")
+        folds = f"{r['folds_found']}/{r['folds_expected'] if r['folds_expected'] is not None else '?'}"
+        if not r["complete"]:
+            folds += " INCOMPLETE" + (f" (missing {', '.join(map(str, r['missing_folds']))})" if r["missing_folds"] else "")
         cells = ["n/a" if r[k] is None else f"{r[k]:.4f}" for k in ("uf1", "uar", "accuracy")]
         lines.append(f"| {r['name']} | {folds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------
+# Weights & Biases: the summary run of a configuration.
+
+#: WandbLogger arguments that are not ``wandb.init`` arguments (or are set here).
+_LOGGER_ONLY_KEYS = ("_target_", "save_dir", "offline", "log_model", "prefix", "checkpoint_name", "experiment",
+                     "version", "name", "job_type", "group", "anonymous")
+
+
+def log_summary_to_wandb(
+    summary: dict[str, Any], summary_dir: Path, logger_node: dict[str, Any], group: str, name: str,
+    config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+) -> None:
+    """Log a configuration's pooled result as its own wandb run (``job_type="summary"``) in the folds' group.
+
+    The run carries the pooled metrics in its summary, the confusion matrix image and the per-fold
+    table. It writes under ``summary_dir/wandb`` (offline with ``WANDB_MODE=offline``; ``wandb sync`` later).
+
+    Args:
+        summary: The output of :func:`summarise` (as written to ``summary.json``).
+        summary_dir: The directory holding ``confusion.png``; the run's files go under it.
+        logger_node: The resolved ``logger.wandb`` config node (project, tags, entity, ...).
+        group: The configuration's group (the fold runs' group).
+        name: The run name.
+        config: The resolved config to attach to the run.
+        extra: More values for the run summary (e.g. folds found / expected).
+    """
+    import wandb
+
+    init_args = {k: v for k, v in logger_node.items() if k not in _LOGGER_ONLY_KEYS and v is not None}
+    if logger_node.get("offline"):
+        init_args["mode"] = "offline"
+    summary_dir = Path(summary_dir)
+    run = wandb.init(dir=str(summary_dir), group=group, job_type="summary", name=name, config=config,
+                     reinit="create_new", **init_args)
+    try:
+        pooled = {k: summary[k] for k in ("uf1", "uar", "accuracy", "clips", "num_folds")}
+        pooled.update({f"fold_mean/{k}": v for k, v in summary["fold_mean"].items()})
+        pooled.update({f"per_class/{c}/{k}": v for c, row in summary["per_class"].items() for k, v in row.items()})
+        run.summary.update({**pooled, **(extra or {})})
+        folds = pd.DataFrame(summary["folds"])
+        run.log({
+            "confusion": wandb.Image(str(summary_dir / "confusion.png")),
+            "folds": wandb.Table(dataframe=folds),
+        })
+    finally:
+        run.finish()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mer.report SWEEP_DIR``: re-aggregate a sweep and print its table."""
+    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mer.report", description=main.__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's output directory)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log a wandb summary run per configuration that was trained with logger=wandb")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
-    rows = aggregate_sweep(args.sweep_dir)
-    if not rows:
+    rows = aggregate_sweep(args.sweep_dir, wandb_summaries=args.wandb)
+    if not any(r["folds_found"] for r in rows):
         print(f"no fold predictions found under {args.sweep_dir}")
         return 1
-    print(sweep_table(rows), end="")
+    print((args.sweep_dir / "table.md").read_text(), end="")
     print(f"summaries in {args.sweep_dir / 'summaries'}")
     return 0 if all(r["complete"] for r in rows) else 2
 
