@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mer.synthetic import generate_corpus
@@ -34,3 +35,13 @@ def tiny_dataset_cfg(tiny_corpus: Path, synthetic_dataset_yaml: DictConfig) -> D
     cfg.root = str(tiny_corpus)
     cfg.generate_if_missing = False
     return cfg
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny tensors on one intra-op thread: on a busy 2-core machine, OpenMP hand-offs
+    between two threads make them up to 10x slower. Restores the previous setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -35,13 +35,7 @@ PUBLISHED_RIFE = Path(os.environ.get("MER_RIFE_WEIGHTS", rife_weights_path(REPO 
 TWO_ALPHAS = "magnification.alphas=[1.2,2.0]"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared machine: one intra-op thread avoids OpenMP hand-off stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ from mer.weights import MAGNET_RELEASE_URL, WeightsError, save_state_dict
 USER_WEIGHTS = os.environ.get("MER_MAGNET_WEIGHTS")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread avoids OpenMP hand-off stalls on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ MODEL_CONFIGS = sorted(path.stem for path in (MODEL_CONF_DIR / "model").glob("*.
 PAPER_REGIONS = [10, 20]  # eyebrows, mouth
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache(maxsize=None)
