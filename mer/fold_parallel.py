@@ -23,9 +23,8 @@ are trained in lockstep instead:
   the prediction files are those of the sequential path, so summaries and ``mer.report`` work
   unchanged.
 
-``F.scaled_dot_product_attention`` has no vmap batching rule for its fused CPU kernel (torch would
-fall back to a Python loop over the folds, slowly); inside the vmapped forward it is computed as
-``softmax(q k^T / sqrt(d)) v``, the same function (:func:`batchable_attention`).
+Every op of the network has a vmap batching rule (the encoder's attention is written as plain
+matmuls and softmax, :func:`mer.models.encoder.attention`), so no fold falls back to a Python loop.
 """
 
 from __future__ import annotations
@@ -34,9 +33,7 @@ import copy
 import logging
 import math
 import time
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
@@ -249,34 +245,6 @@ class FoldData:
 # Stacked models
 
 
-def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
-               dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, **kwargs: Any) -> torch.Tensor:
-    """``F.scaled_dot_product_attention`` (no mask, no dropout) from ops that vmap batches."""
-    if attn_mask is not None or dropout_p or is_causal or kwargs.get("enable_gqa"):
-        raise NotImplementedError("fold-parallel attention supports neither masks, dropout, causality nor GQA")
-    scale = query.shape[-1] ** -0.5 if scale is None else scale
-    return torch.softmax((query @ key.transpose(-2, -1)) * scale, dim=-1) @ value
-
-
-class _BatchableAttention(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.scaled_dot_product_attention:
-            return _attention(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
-
-
-@contextmanager
-def batchable_attention() -> Iterator[None]:
-    """Within the block, ``F.scaled_dot_product_attention`` runs as plain matmuls and softmax (vmap-friendly).
-
-    The fused CPU kernel has no vmap batching rule (torch would loop over the folds); the math is the same.
-    """
-    with _BatchableAttention(), warnings.catch_warnings():
-        # The one remaining per-fold fallback, the in-place compare of the dropout mask, costs < 1 % of a step.
-        warnings.filterwarnings("ignore", message=r".*batching rule for aten::ge_\.Scalar.*")
-        yield
-
-
 class StackedModels:
     """F models of one architecture trained as one: parameters and buffers stacked on a leading fold axis.
 
@@ -314,8 +282,7 @@ class StackedModels:
             The per-fold mean losses (F,) and the logits (F, b, classes), detached.
         """
         self.base.train()
-        with batchable_attention():
-            logits = self._forward(self.params, self.buffers, patches)
+        logits = self._forward(self.params, self.buffers, patches)
         num_folds, batch = labels.shape
         losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none").view(num_folds, batch).mean(1)
         self.optimizer.zero_grad(set_to_none=True)

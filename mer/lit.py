@@ -48,6 +48,7 @@ class MERModule(pl.LightningModule):
         )
         self.class_names = list(class_names)
         self.train_metrics = metric_collection(num_classes, prefix="train/")
+        self.val_metrics = metric_collection(num_classes, prefix="val/")
         self.test_metrics = metric_collection(num_classes, prefix="test/")
         self.test_records: list[dict[str, Any]] = []
 
@@ -65,6 +66,17 @@ class MERModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # Only the validation subjects carved from the training subjects (data.val_subjects) come here.
+        logits = self(batch["patches"])
+        self.val_metrics.update(logits.argmax(dim=1), batch["label"])
+        self.log("val/loss", F.cross_entropy(logits, batch["label"]), on_step=False, on_epoch=True,
+                 batch_size=len(batch["label"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute())
+        self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
         self.test_records = []

@@ -1,7 +1,9 @@
 """Leave-one-subject-out training: one fold, or every fold, then the pooled summary.
 
 The model is re-initialised for every fold (same seed), trained for a fixed number of epochs
-and the model after the last epoch is tested: nothing is ever selected on the test subject.
+and the model after the last epoch is tested: nothing is ever selected on the test subject. As
+an option (``data.val_subjects=k selection.monitor=val/uf1``), k of the fold's training subjects
+are held out and the epoch best on them is tested instead.
 Folds run one after another through Lightning (:func:`run_fold`), or all at once as one stacked
 model with ``trainer.fold_parallel=true`` (:mod:`mer.fold_parallel`); both write the same files.
 """
@@ -30,6 +32,9 @@ from mer.report import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Validation metrics a checkpoint can be selected on, and whether larger is better.
+SELECTION_MONITORS = {"val/uf1": "max", "val/uar": "max", "val/accuracy": "max", "val/loss": "min"}
 
 #: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
 FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
@@ -136,6 +141,26 @@ def close_loggers(loggers: list[Any]) -> None:
             logger.experiment.finish()
 
 
+def selection_monitor(cfg: DictConfig) -> str | None:
+    """The validation metric the tested checkpoint is chosen on (``selection.monitor``), or None for the last epoch.
+
+    Raises:
+        ValueError: An unknown metric, a metric without a validation split (``data.val_subjects=0``),
+            or a validation split with fold-parallel training (which tests the last epoch only).
+    """
+    monitor = (cfg.get("selection") or {}).get("monitor")
+    val_subjects = int(cfg.data.get("val_subjects", 0) or 0)
+    if monitor is not None and monitor not in SELECTION_MONITORS:
+        raise ValueError(f"selection.monitor={monitor}: expected null or one of {sorted(SELECTION_MONITORS)}")
+    if monitor is not None and val_subjects <= 0:
+        raise ValueError(f"selection.monitor={monitor} needs a validation split: set data.val_subjects to 1 or more "
+                         f"(training subjects held out per fold; the test subject is never used for selection)")
+    if val_subjects > 0 and cfg.trainer.get("fold_parallel", False):
+        raise ValueError("data.val_subjects > 0 is not supported with trainer.fold_parallel=true "
+                         "(fold-parallel training tests the last epoch); use the sequential or multirun path")
+    return monitor
+
+
 def lightning_trainer_args(cfg: DictConfig) -> dict[str, Any]:
     """``cfg.trainer`` without this project's own keys: the ``pytorch_lightning.Trainer`` arguments."""
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -161,14 +186,24 @@ def read_fold_predictions(out_dir: Path, fold: int) -> pd.DataFrame | None:
     return pd.read_csv(done, dtype={"subject": str, "clip": str, "dataset": str})
 
 
-def write_fold_info(out_dir: Path, fold: int, test_subject: str, cache: Cache, train_clips: int, test_clips: int) -> None:
+def write_fold_info(
+    out_dir: Path, fold: int, test_subject: str, cache: Cache, train_clips: int, test_clips: int,
+    val_subjects: list[str] | None = None,
+) -> None:
     """Write ``folds/fold_XX/fold.json``: the fold's test subject, sizes and how many folds the corpus has."""
     fold_dir = _fold_dir(out_dir, fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fold_dir / "fold.json", json.dumps(
         {"fold": fold, "test_subject": test_subject, "num_folds": len(cache.subjects),
-         "train_clips": train_clips, "test_clips": test_clips, "cache": str(cache.directory)},
+         "train_clips": train_clips, "test_clips": test_clips, "val_subjects": list(val_subjects or []),
+         "cache": str(cache.directory)},
         indent=2))
+
+
+def update_fold_info(out_dir: Path, fold: int, **fields: Any) -> None:
+    """Add ``fields`` to ``folds/fold_XX/fold.json`` (atomically)."""
+    path = _fold_dir(out_dir, fold) / "fold.json"
+    atomic_write_text(path, json.dumps({**json.loads(path.read_text()), **fields}, indent=2))
 
 
 def write_fold_predictions(
@@ -229,25 +264,36 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         if done is not None:
             return done
     fold_dir = _fold_dir(out_dir, fold)
+    monitor = selection_monitor(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     data = LOSODataModule(
         cache.directory, fold, batch_size=int(cfg.data.batch_size), test_alpha=cfg.data.test_alpha,
         normalize=bool(cfg.data.normalize), permute_train_labels=bool(cfg.data.permute_train_labels),
-        seed=int(cfg.seed), cache=cache,
+        seed=int(cfg.seed), val_subjects=int(cfg.data.get("val_subjects", 0) or 0), cache=cache,
     )
     module = MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
     )
-    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set))
+    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
+                    val_subjects=data.val_subjects)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    # The last epoch's state, kept only so that a killed fold resumes where it stopped; it is never
-    # a "best" checkpoint (nothing is selected on the test subject).
+    # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
+    # validation split it is also the model tested (nothing is selected on the test subject).
     checkpoint_dir = fold_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
                                      every_n_epochs=1, enable_version_counter=False))
+    best = None
+    if monitor is not None:
+        # The epoch best on the validation subjects (ties: the earliest); its state lives in last.ckpt
+        # too, so a resumed fold still knows which epoch was best so far.
+        best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor,
+                               mode=SELECTION_MONITORS[monitor], save_top_k=1, enable_version_counter=False)
+        callbacks.append(best)
     last = checkpoint_dir / "last.ckpt"
     trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
+    if len(data.val_set) == 0:
+        trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
     loggers = fold_loggers(cfg, fold, wandb_group)
     trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
     if last.is_file():
@@ -255,6 +301,14 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
     # torch.load's default weights_only=True refuses.
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    if best is not None:
+        selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
+        module.load_state_dict(selected["state_dict"])
+        # Lightning numbers epochs from 0, as in the CSV logs; fold.json keeps that numbering.
+        log.info("fold %d tests epoch %d/%d (best %s = %.4f on validation subjects %s)", fold, selected["epoch"] + 1,
+                 trainer.current_epoch, monitor, float(best.best_model_score), ", ".join(data.val_subjects))
+        update_fold_info(out_dir, fold, selected_epoch=int(selected["epoch"]), selection_monitor=monitor,
+                         selection_score=float(best.best_model_score))
     if trainer.world_size > 1:
         # Lightning's test loop would shard (and pad) the test clips across the processes: rank 0
         # tests them all by itself instead, and the other ranks go on to the next fold.
@@ -280,6 +334,7 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
         its jobs with ``python -m mer.report``) and in the non-zero ranks of a DDP run.
     """
     out_dir = Path(out_dir)
+    selection_monitor(cfg)  # a bad selection setting fails before any preprocessing or training
     cache = load_cache(resolve_cache(cfg))
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None

@@ -112,3 +112,44 @@ def test_permuted_labels_keep_the_label_multiset(fake_cache):
     assert sorted(plain.train_set.labels.tolist()) == sorted(shuffled.train_set.labels.tolist())
     assert not torch.equal(plain.train_set.labels, shuffled.train_set.labels)
     assert torch.equal(plain.test_set.labels, shuffled.test_set.labels)
+
+
+def test_validation_subjects_come_from_training_subjects_only(tmp_path):
+    subjects = tuple(f"sub{i:02d}" for i in range(1, 7))
+    cache = write_fake_cache(tmp_path / "c", subjects=subjects)
+    for fold in range(len(subjects)):
+        dm = LOSODataModule(cache, fold, val_subjects=2, seed=3)
+        assert len(dm.val_subjects) == 2 and dm.test_subject not in dm.val_subjects
+        assert set(dm.val_set.subjects) == set(dm.val_subjects)
+        assert not set(dm.train_set.subjects) & (set(dm.val_subjects) | {dm.test_subject})
+        assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 4 * len(subjects)
+        # Validation is scored like the test: at the test alpha (index 1), every path.
+        decoded = torch.round(dm.val_set[0]["patches"][:, 0, 0, 0, 0] * dm.scale) % 100
+        assert torch.equal(decoded, torch.tensor([10.0, 11.0, 12.0]))
+        # The scale comes from the remaining training subjects alone.
+        train_patches = torch.from_numpy(np.load(cache / "patches.npy")[dm.train_index])
+        assert dm.scale == pytest.approx(float(train_patches.std()))
+    # The draw depends on the seed and the fold, not on anything else; 0 means no split at all.
+    assert LOSODataModule(cache, 0, val_subjects=2, seed=3).val_subjects == LOSODataModule(cache, 0, val_subjects=2, seed=3).val_subjects
+    draws = {tuple(LOSODataModule(cache, 0, val_subjects=2, seed=s).val_subjects) for s in range(8)}
+    assert len(draws) > 1
+    plain = LOSODataModule(cache, 0)
+    assert plain.val_subjects == [] and len(plain.val_set) == 0 and len(plain.train_set) == 20
+
+
+def test_validation_split_ignores_the_test_subject(tmp_path):
+    """Relabelling the test subject changes neither which subjects validate nor what they hold."""
+    subjects = ("sub01", "sub02", "sub03", "sub04")
+    a, b = write_fake_cache(tmp_path / "a", subjects=subjects), write_fake_cache(tmp_path / "b", subjects=subjects)
+    samples = pd.read_csv(b / "samples.csv")
+    test = (samples["subject"] == "sub03").to_numpy()
+    samples.loc[test, "class_index"] = (samples.loc[test, "class_index"] + 1) % 3
+    samples.to_csv(b / "samples.csv", index=False)
+    dm_a, dm_b = LOSODataModule(a, 2, val_subjects=1), LOSODataModule(b, 2, val_subjects=1)
+    assert dm_a.val_subjects == dm_b.val_subjects
+    assert torch.equal(dm_a.val_set.labels, dm_b.val_set.labels) and torch.equal(dm_a.val_set.patches, dm_b.val_set.patches)
+
+
+def test_validation_split_must_leave_training_subjects(fake_cache):
+    with pytest.raises(ValueError, match="val_subjects=2: fold 0 has 2 training subjects"):
+        LOSODataModule(fake_cache, 0, val_subjects=2)

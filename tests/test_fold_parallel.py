@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch.func import vmap
 from torch.nn import functional as F
 
 import mer.fold_parallel as fold_parallel
 from mer.data.datamodule import LOSODataModule
-from mer.fold_parallel import FoldBatches, FoldData, StackedModels, batchable_attention, fold_splits
+from mer.fold_parallel import FoldBatches, FoldData, StackedModels, fold_splits
 from mer.loso import resolve_cache, run_fold, run_loso
 from mer.models import build_model
+from mer.models.encoder import attention, fast_dropout
 from mer.preprocess.cache import load_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,13 +135,16 @@ def test_folds_train_independently():
     assert not torch.equal(running_mean[0], running_mean[2])
 
 
-def test_batchable_attention_is_scaled_dot_product_attention():
-    q, k, v = (torch.randn(5, 2, 7, 16) for _ in range(3))
+def test_encoder_attention_is_scaled_dot_product_attention_and_batches_under_vmap():
+    q, k, v = (torch.randn(3, 5, 2, 7, 16) for _ in range(3))
     expected = F.scaled_dot_product_attention(q, k, v)
-    with batchable_attention():
-        torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
-        with pytest.raises(NotImplementedError, match="masks"):
-            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(attention(q, k, v), expected, atol=1e-6, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing batching rule (a per-fold Python loop) would warn
+        torch.testing.assert_close(vmap(attention)(q, k, v), expected, atol=1e-6, rtol=1e-5)
+        masks = vmap(lambda x: fast_dropout(x, 0.5, True), randomness="different")(torch.ones(3, 1000))
+    assert set(masks.unique().tolist()) == {0.0, 2.0}
+    assert not torch.equal(masks[0], masks[1])  # each fold draws its own mask
 
 
 @pytest.mark.parametrize(("sizes", "batch", "steps"), [([72] * 10, 32, [32, 32, 8]), ([5, 7], 4, [4, 3]), ([3], 4, [3])])

@@ -3,6 +3,10 @@
 Fold ``k`` tests the subject ``subjects[k]`` (subjects sorted); every other subject trains. The
 test subject influences nothing the model is trained with: not the samples, not the AU graph
 (read from the fold's npz, built from training subjects only), not the normalisation scale.
+
+Optionally (``val_subjects > 0``) a few of the fold's training subjects are held out as a
+validation split, on which a checkpoint can be selected; they are drawn from the training
+subjects only, so the test subject still influences nothing, checkpoint choice included.
 """
 
 from __future__ import annotations
@@ -76,7 +80,11 @@ class LOSODataModule(pl.LightningDataModule):
         normalize: Divide patches by the standard deviation of the fold's training patches.
         permute_train_labels: Shuffle the training labels (an honesty control: the model can then
             learn nothing real, and the pooled UF1 must fall to chance).
-        seed: Seed of the α draws and the label permutation.
+        seed: Seed of the α draws, the label permutation and the validation subjects.
+        val_subjects: How many of the fold's training subjects to hold out as a validation split
+            (0: none; every non-test subject trains). They are drawn at random (``seed``, ``fold``)
+            from the training subjects, never include the test subject, and do not contribute to
+            the normalisation scale. The AU graph is the fold's (all non-test subjects).
         cache: An already-loaded cache (to share one in-memory copy across folds).
     """
 
@@ -89,6 +97,7 @@ class LOSODataModule(pl.LightningDataModule):
         normalize: bool = True,
         permute_train_labels: bool = False,
         seed: int = 0,
+        val_subjects: int = 0,
         cache: Cache | None = None,
     ) -> None:
         super().__init__()
@@ -101,8 +110,17 @@ class LOSODataModule(pl.LightningDataModule):
         self.seed = seed
         self.test_subject = subjects[fold]
         samples = self.cache.samples
-        is_test = (samples["subject"] == self.test_subject).to_numpy()
-        self.train_index = np.flatnonzero(~is_test)
+        training_subjects = [s for s in subjects if s != self.test_subject]
+        if not 0 <= val_subjects < len(training_subjects):
+            raise ValueError(f"val_subjects={val_subjects}: fold {fold} has {len(training_subjects)} training subjects, "
+                             f"at least one must remain for training")
+        draw = np.random.default_rng([seed, fold]).permutation(len(training_subjects))[:val_subjects]
+        self.val_subjects = sorted(training_subjects[i] for i in draw)
+        subject_column = samples["subject"].astype(str)
+        is_test = (subject_column == self.test_subject).to_numpy()
+        is_val = subject_column.isin(self.val_subjects).to_numpy()
+        self.train_index = np.flatnonzero(~is_test & ~is_val)
+        self.val_index = np.flatnonzero(is_val)
         self.test_index = np.flatnonzero(is_test)
 
         alphas = [float(a) for a in self.cache.manifest["alphas"]]
@@ -129,10 +147,13 @@ class LOSODataModule(pl.LightningDataModule):
             [subjects_col[i] for i in self.train_index], [clips_col[i] for i in self.train_index],
             alpha_index=None, seed=seed,
         )
-        self.test_set = PatchDataset(
-            patches[self.test_index] / self.scale, labels[self.test_index],
-            [subjects_col[i] for i in self.test_index], [clips_col[i] for i in self.test_index],
-            alpha_index=self.test_alpha_index,
+        self.val_set, self.test_set = (
+            PatchDataset(
+                patches[index] / self.scale, labels[index],
+                [subjects_col[i] for i in index], [clips_col[i] for i in index],
+                alpha_index=self.test_alpha_index,
+            )
+            for index in (self.val_index, self.test_index)
         )
         graph = self.cache.fold_graph(fold)
         if str(graph["test_subject"]) != self.test_subject:
@@ -164,6 +185,10 @@ class LOSODataModule(pl.LightningDataModule):
             self.train_set, batch_size=self.batch_size, shuffle=True,
             generator=torch.Generator().manual_seed(self.seed), num_workers=0,
         )
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation subjects at the test α (empty when ``val_subjects=0``)."""
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=self.batch_size, shuffle=False, num_workers=0)
