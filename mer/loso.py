@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from mer.allocator import reuse_freed_memory
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
 from mer.preprocess.cache import Cache, CacheMissingError, atomic_write_text, cache_dir_for, is_complete, load_cache
@@ -338,12 +339,13 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     cache = load_cache(resolve_cache(cfg))
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
-    if cfg.trainer.get("fold_parallel", False):
-        from mer.fold_parallel import run_folds_parallel
+    with reuse_freed_memory():
+        if cfg.trainer.get("fold_parallel", False):
+            from mer.fold_parallel import run_folds_parallel
 
-        tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group)
-    else:
-        tables = [run_fold(cfg, fold, cache, out_dir, wandb_group=group) for fold in folds]
+            tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group)
+        else:
+            tables = [run_fold(cfg, fold, cache, out_dir, wandb_group=group) for fold in folds]
     if cfg.fold is not None or any(table is None for table in tables):
         return None
     predictions = pd.concat(tables, ignore_index=True)

@@ -83,6 +83,11 @@ def test_one_fold_reproduces_plain_training_step_by_step():
     model = small_model(dropout=0.0)
     stacked = StackedModels([copy.deepcopy(model)], lr=1e-4)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    # Adam's early steps are about lr * sign(gradient): where a gradient is ~0, float rounding in a
+    # batched matmul (vmap) versus a plain one can flip the step. A larger eps keeps the update a
+    # smooth function of the gradient, so both paths must agree to 1e-5 everywhere.
+    for group in (*stacked.optimizer.param_groups, *optimizer.param_groups):
+        group["eps"] = 1e-3
     for step, (patches, labels) in enumerate(random_batches(6, folds=1)):
         model.train()
         loss = F.cross_entropy(model(patches[0]), labels[0])

@@ -80,18 +80,22 @@ class EncoderLayer(nn.Module):
         Returns:
             ``(M, L, width)``.
         """
-        batch, length, _ = tokens.shape
-        # Each projection (M, L, inner) viewed as (M, heads, L, head_dim).
+        batch, length, width = tokens.shape
+        # The position-wise layers see the tokens as one (M L, width) matrix: under torch.func.vmap
+        # (fold-parallel training) a 2-D input keeps every weight gradient one matmul per fold, where
+        # a 3-D one would be computed per sequence and then summed.
+        flat = tokens.reshape(batch * length, width)
+        # Each projection (M L, inner) viewed as (M, heads, L, head_dim).
         q, k, v = (
-            projection(tokens).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+            projection(flat).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
             for projection in (self.query, self.key, self.value)
         )
         # Scale 1/sqrt(head_dim), no dropout on the attention weights (as published).
-        attended = attention(q, k, v)
-        attended = attended.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
-        x = self.norm_attn(tokens + fast_dropout(self.attn_out(attended), self.dropout, self.training))
+        attended = attention(q, k, v).transpose(1, 2).reshape(batch * length, self.heads * self.head_dim)
+        x = self.norm_attn(flat + fast_dropout(self.attn_out(attended), self.dropout, self.training))
         hidden = F.relu(self.ff_in(x))
-        return self.norm_ff(x + fast_dropout(self.ff_out(hidden), self.dropout, self.training))
+        out = self.norm_ff(x + fast_dropout(self.ff_out(hidden), self.dropout, self.training))
+        return out.view(batch, length, width)
 
 
 def encoder_stack(
