@@ -24,13 +24,15 @@ def main(cfg: DictConfig) -> None:
         if not usable:
             sys.exit(1)
         return
+    from mer.preprocess.cache import AtomicWriteError
     from mer.preprocess.errors import ConfigError
     from mer.preprocess.pipeline import run_preprocessing
 
     try:
         out = run_preprocessing(cfg)
-    except ConfigError as error:
-        # A config no clip can run with (missing weights, ...): its message says how to fix it; no traceback.
+    except (ConfigError, AtomicWriteError) as error:
+        # A config no clip can run with (missing weights, ...), or a file that could not be written (disk full):
+        # its message says what to fix; no traceback.
         sys.exit(f"error: {error}")
     print(f"cache: {out}")
     if cfg.visualize:

@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
 from mer.models import build_model
-from mer.preprocess.cache import Cache
+from mer.preprocess.cache import Cache, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -488,10 +488,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         state = {"folds": pending, "epoch": epoch, "stacked": stacked.state_dict(), "batches": batches.state_dict(),
                  "rng": torch.get_rng_state(), "history": history + records,
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(checkpoint)
+        with atomic_writer(checkpoint) as handle:
+            torch.save(state, handle)
         last_save = time.monotonic()
 
     log.info("fold-parallel training of folds %s on %s: %d steps per epoch, %d epochs", pending, device,

@@ -41,23 +41,39 @@ SELECTION_MONITORS = {"val/uf1": "max", "val/uar": "max", "val/accuracy": "max",
 FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
 
 
-def resolve_cache(cfg: DictConfig) -> Path:
-    """The complete cache for ``cfg``, built first when allowed (``preprocess_if_missing``).
+def _cache_problem(cfg: DictConfig, directory: Path) -> str | None:
+    """Why ``directory`` cannot be trained on as it is (missing, damaged, its inputs changed), or None."""
+    from mer.preprocess.inputs import check_cache
 
+    if not is_complete(directory):
+        return f"no complete preprocessed cache at {directory}"
+    if cfg.preprocess.get("rebuild", False):
+        return f"preprocess.rebuild=true asks to rebuild {directory}"
+    fresh, reasons = check_cache(cfg, directory)
+    return None if fresh else f"the cache at {directory} is out of date:\n  " + "\n  ".join(reasons)
+
+
+def resolve_cache(cfg: DictConfig) -> Path:
+    """The complete, up-to-date cache for ``cfg``, built or updated first when allowed (``preprocess_if_missing``).
+
+    A complete cache is checked against its inputs (:func:`mer.preprocess.inputs.check_cache`): a sheet row or
+    frames changed since it was built, or a damaged array, make it out of date, never silently reused.
     The jobs of a sweep start together and may all find the cache missing: the first to take a
     lock file beside the cache builds it, the others wait for it and then find it complete.
 
     Raises:
-        CacheMissingError: With the ``preprocess.py`` command that builds it.
+        CacheMissingError: With the ``preprocess.py`` command that builds (or updates) it.
     """
     directory = cache_dir_for(cfg)
-    if is_complete(directory):
+    problem = _cache_problem(cfg, directory)
+    if problem is None:
         return directory
     if cfg.get("preprocess_if_missing", False):
         from mer.preprocess.pipeline import run_preprocessing
 
         with _exclusive_lock(directory.with_name(directory.name + ".lock")):
-            if is_complete(directory):
+            # Another job may have built or updated it while this one waited (a rebuild is done here regardless).
+            if not cfg.preprocess.get("rebuild", False) and _cache_problem(cfg, directory) is None:
                 return directory
             return run_preprocessing(cfg)
     overrides = " ".join(
@@ -68,9 +84,7 @@ def resolve_cache(cfg: DictConfig) -> Path:
             ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
         ) if v is not None
     )
-    raise CacheMissingError(
-        f"no complete preprocessed cache at {directory}; build it with:\n  python preprocess.py {overrides}"
-    )
+    raise CacheMissingError(f"{problem}; build it with:\n  python preprocess.py {overrides}")
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mer.metrics import pooled_metrics, present_class_metrics
-from mer.preprocess.cache import atomic_write_text
+from mer.preprocess.cache import atomic_write_text, atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,11 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_writer(path) as handle:
+            fig.savefig(handle, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def write_summary(
@@ -142,7 +143,7 @@ def write_summary(
 #: was trained and tested. They never separate configurations: the fold jobs of one configuration
 #: differ in ``fold`` (and, with one GPU per job, in ``trainer.devices``) and are pooled together.
 RUN_ONLY_KEYS = (
-    "fold", "resume", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
+    "fold", "resume", "paths", "logger", "preprocess_if_missing", "preprocess.workers", "preprocess.rebuild",
     "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
 )

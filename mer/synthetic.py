@@ -602,13 +602,14 @@ def _render_subject(job: _SubjectJob, base: BaseFace, options: GeneratorOptions,
 
 
 def write_sheet_csv(path: Path, rows: list[tuple]) -> None:
-    """Write the coding sheet as CSV (``SHEET_COLUMNS`` header), via a temp file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(SHEET_COLUMNS)
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    """Write the coding sheet as CSV (``SHEET_COLUMNS`` header), atomically."""
+    from mer.preprocess.cache import atomic_write_bytes
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(SHEET_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 def write_sheet_xlsx(path: Path, rows: list[tuple]) -> None:
@@ -627,15 +628,16 @@ def write_sheet_xlsx(path: Path, rows: list[tuple]) -> None:
     workbook.save(buffer)  # stamps "now" into docProps/core.xml and the zip entries: rewritten below
     fixed_properties = DocumentProperties(creator="mer.synthetic", created=_FIXED_TIMESTAMP,
                                           modified=_FIXED_TIMESTAMP)
-    temporary = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as target:
+    from mer.preprocess.cache import atomic_writer
+
+    with atomic_writer(path) as handle, zipfile.ZipFile(buffer) as source, \
+            zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as target:
         for entry in source.infolist():
             content = source.read(entry.filename)
             if entry.filename == "docProps/core.xml":
                 content = tostring(fixed_properties.to_tree())
             target.writestr(zipfile.ZipInfo(entry.filename, date_time=_ZIP_EPOCH), content,
                             compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(temporary, path)
 
 
 def generate_corpus(root: str | os.PathLike, seed: int = 0, subjects: int = 10, clips_per_subject: int = 8,

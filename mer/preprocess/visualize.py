@@ -90,12 +90,14 @@ def save_panel(result: ClipResult, cfg: Mapping[str, Any], path: Path, title: st
         fontsize=8,
     )
     fig.tight_layout()
+    from mer.preprocess.cache import atomic_writer
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(temporary, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(temporary, path)
+    try:
+        with atomic_writer(path) as handle:
+            fig.savefig(handle, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
