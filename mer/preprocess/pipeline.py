@@ -190,7 +190,9 @@ def _watch_parent() -> None:
     """Start :func:`_exit_with_parent` for this (spawned) worker process."""
     parent = multiprocessing.parent_process()
     sentinel = getattr(parent, "sentinel", None) if parent is not None else None
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(), sentinel), name="exit-with-parent",
+    # The pid spawn recorded, not os.getppid(): the parent may already be dead (and this worker re-parented).
+    parent_pid = parent.pid if parent is not None and parent.pid is not None else os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent_pid, sentinel), name="exit-with-parent",
                      daemon=True).start()
 
 
