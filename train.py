@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import hydra
@@ -19,14 +20,19 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
-    from mer.loso import format_summary, run_loso
+    from mer.loso import ResumeMismatchError, format_summary, job_output_dir, run_loso
+    from mer.preprocess.cache import AtomicWriteError, CacheMissingError
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     _share_devices(cfg)
     start = time.perf_counter()
-    out_dir = cfg.paths.output_dir
-    summary = run_loso(cfg, out_dir)
+    out_dir = job_output_dir(cfg)
+    try:
+        summary = run_loso(cfg, out_dir)
+    except (ResumeMismatchError, CacheMissingError, AtomicWriteError) as error:
+        # Each message names the folder or file and what to do: no traceback.
+        sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))
         print(f"results: {out_dir}/summary.md ({time.perf_counter() - start:.0f} s)")

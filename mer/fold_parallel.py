@@ -426,13 +426,22 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     Returns:
         The prediction tables of ``folds``, in order.
     """
-    from mer.loso import close_loggers, fold_loggers, read_fold_predictions, write_fold_info, write_fold_predictions
+    from mer.loso import (
+        ResumeMismatchError, check_resumable, close_loggers, discard_fold, fold_identity, fold_loggers,
+        read_fold_predictions, write_fold_info, write_fold_predictions,
+    )
 
     out_dir = Path(out_dir)
     if cfg.get("callbacks"):
         raise ValueError(f"fold-parallel training does not run Lightning callbacks; got callbacks={list(cfg.callbacks)}")
     device = training_device(cfg.trainer)
     resume = bool(cfg.get("resume", True))
+    identity = fold_identity(cfg, cache)
+    for f in folds:
+        if resume:
+            check_resumable(cfg, out_dir, f, identity)
+        else:
+            discard_fold(out_dir, f)
     done = {f: read_fold_predictions(out_dir, f) for f in folds if resume}
     pending = [f for f in folds if done.get(f) is None]
     tables = {f: table for f, table in done.items() if table is not None}
@@ -445,7 +454,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         seed=seed, test_alpha=cfg.data.test_alpha,
     )
     for split in splits:
-        write_fold_info(out_dir, split.fold, split.test_subject, cache, len(split.train_rows), len(split.test_rows))
+        write_fold_info(out_dir, split.fold, split.test_subject, cache, len(split.train_rows), len(split.test_rows),
+                        cfg=cfg)
     class_names = list(cache.manifest["classes"])
     region_sizes = list(cache.manifest["region_sizes"])
     num_paths, in_channels = int(cache.patches.shape[2]), int(cache.patches.shape[4])
@@ -466,8 +476,15 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
 
     checkpoint = out_dir / CHECKPOINT
     start_epoch, history = 0, []
+    if checkpoint.is_file() and not resume:
+        checkpoint.unlink()
     if checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["folds"] == pending and state.get("identity") != identity:
+            raise ResumeMismatchError(
+                f"{checkpoint} holds the training state of another configuration (or records none); resuming "
+                f"would continue it with this one. Write to another folder (paths.output_dir=...), or pass "
+                f"resume=false to start these folds again.")
         if state["folds"] == pending:
             stacked.load_state_dict(state["stacked"])
             batches.load_state_dict(state["batches"])
@@ -485,7 +502,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         nonlocal last_save
         if epoch + 1 >= max_epochs or time.monotonic() - last_save < interval:
             return
-        state = {"folds": pending, "epoch": epoch, "stacked": stacked.state_dict(), "batches": batches.state_dict(),
+        state = {"folds": pending, "identity": identity, "epoch": epoch, "stacked": stacked.state_dict(),
+                 "batches": batches.state_dict(),
                  "rng": torch.get_rng_state(), "history": history + records,
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
         with atomic_writer(checkpoint) as handle:

@@ -10,6 +10,7 @@ model with ``trainer.fold_parallel=true`` (:mod:`mer.fold_parallel`); both write
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
@@ -27,9 +28,12 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from mer.allocator import reuse_freed_memory
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
-from mer.preprocess.cache import Cache, CacheMissingError, atomic_write_text, cache_dir_for, is_complete, load_cache
+from mer.preprocess.cache import (
+    Cache, CacheMissingError, atomic_write_text, cache_dir_for, cache_key, is_complete, load_cache,
+)
 from mer.report import (
-    PREDICTION_COLUMNS, configuration_key, configuration_label, log_summary_to_wandb, wandb_group, write_summary,
+    PREDICTION_COLUMNS, configuration, configuration_key, configuration_label, log_summary_to_wandb, wandb_group,
+    write_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -185,6 +189,150 @@ def lightning_trainer_args(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# What a fold was trained with, and when its files may be reused
+
+
+class ResumeMismatchError(RuntimeError):
+    """A fold's folder holds results or a checkpoint of another configuration (train.py exits with the message)."""
+
+
+def fold_identity(cfg: DictConfig, cache: Cache) -> dict[str, Any]:
+    """What decides a fold's results: the configuration key (as :func:`mer.report.configuration_key` groups a
+    sweep), the cache key and the digest of the cache's input fingerprint (a cache updated after a sheet fix
+    keeps its key but not its inputs)."""
+    from mer.preprocess.inputs import fingerprint_digest
+
+    return {"configuration_key": configuration_key(resolved_config(cfg)),
+            "cache_key": str(cache.manifest.get("key") or cache_key(cfg)),
+            "cache_inputs": fingerprint_digest(cache.manifest.get("inputs"))}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat or {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def _differences(recorded: dict[str, Any], identity: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The settings that differ between a fold's record and this run, in words."""
+    if not recorded.get("trained_with"):
+        return ["its fold.json records no configuration (written by an older version, or not by a finished start)"]
+    lines = []
+    old, new = _flatten(recorded.get("configuration") or {}), _flatten(configuration(config))
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            lines.append(f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}")
+    trained_with = recorded["trained_with"]
+    if trained_with.get("cache_key") != identity["cache_key"] and not lines:
+        lines.append(f"cache key: {trained_with.get('cache_key')} -> {identity['cache_key']}")
+    if trained_with.get("cache_inputs") != identity["cache_inputs"]:
+        lines.append("the cache's inputs changed since (a sheet row or frames; the cache was updated)")
+    if not lines and trained_with.get("configuration_key") != identity["configuration_key"]:
+        lines.append(f"configuration key: {trained_with.get('configuration_key')} -> {identity['configuration_key']}")
+    return lines
+
+
+def check_resumable(cfg: DictConfig, out_dir: Path, fold: int, identity: dict[str, Any]) -> None:
+    """Allow a fold's predictions or checkpoint to be reused only by the configuration that wrote them.
+
+    Raises:
+        ResumeMismatchError: The fold's folder holds ``predictions.csv`` or ``checkpoints/last.ckpt`` written
+            with other settings (or with no record of them); the message names the folder, the differing
+            settings and the ways out.
+    """
+    fold_dir = _fold_dir(out_dir, fold)
+    found = [name for name in ("predictions.csv", "checkpoints/last.ckpt") if (fold_dir / name).is_file()]
+    if not found:
+        return
+    info_path = fold_dir / "fold.json"
+    recorded = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if recorded.get("trained_with") == identity:
+        return
+    differences = _differences(recorded, identity, resolved_config(cfg))
+    shown = differences[:12] + ([f"... and {len(differences) - 12} more"] if len(differences) > 12 else [])
+    raise ResumeMismatchError(
+        f"{fold_dir} holds {' and '.join(found)} of another configuration; this run differs in:\n  "
+        + "\n  ".join(shown)
+        + f"\nResuming would pair this configuration with those results. Write to another folder "
+          f"(paths.output_dir=..., or hydra.run.dir / hydra.sweep.dir), or pass resume=false to train fold {fold} "
+          f"again and overwrite {fold_dir}."
+    )
+
+
+def discard_fold(out_dir: Path, fold: int) -> None:
+    """``resume=false``: forget a fold's earlier predictions and checkpoints, so that it is trained from scratch."""
+    fold_dir = _fold_dir(out_dir, fold)
+    if (fold_dir / "predictions.csv").is_file() or (fold_dir / "checkpoints").exists():
+        log.info("resume=false: fold %d is trained again; its earlier files in %s are discarded", fold, fold_dir)
+    (fold_dir / "predictions.csv").unlink(missing_ok=True)
+    shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
+
+
+def job_output_dir(cfg: DictConfig) -> Path:
+    """``paths.output_dir``; in a multirun that sets it explicitly, the job's own subfolder of it.
+
+    Jobs of a multirun given one ``paths.output_dir`` would all write ``folds/fold_XX`` into one folder, so
+    that one configuration's fold could be taken for another's. Each job therefore writes into
+    ``<paths.output_dir>/<its configuration label>`` (its overrides without run-only keys such as ``fold``):
+    the fold jobs of one configuration share a folder (and a later ``python train.py
+    paths.output_dir=<that folder> ...`` pools them), different configurations never do.
+    ``cfg.paths.output_dir`` is updated so that the loggers write there too.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    out_dir = Path(str(cfg.paths.output_dir))
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return out_dir
+    overrides = list(HydraConfig.get().overrides.task)
+    if not any(o.split("=", 1)[0].lstrip("+~") == "paths.output_dir" for o in overrides):
+        return out_dir
+    label = configuration_label(overrides).replace("/", "_")
+    out_dir = out_dir / label
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    log.info("multirun with paths.output_dir set: this job writes into %s", out_dir)
+    return out_dir
+
+
+def _keep_logged_epochs(loggers: list[Any], last_epoch: int) -> None:
+    """Keep a resumed fold's CSV metrics of epochs ``0..last_epoch`` (Lightning's CSV logger starts a new file).
+
+    Rows of a later epoch, logged by the killed run after its last checkpoint, are dropped: that epoch is
+    trained again.
+    """
+    for logger in loggers:
+        if type(logger).__name__ != "CSVLogger":
+            continue
+        path = Path(logger.log_dir) / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("epoch") in (None, "") or float(row["epoch"]) <= last_epoch]
+        writer = logger.experiment  # creating the writer deletes the old file: written back below
+        atomic_write_text(path, _csv_text(fields, rows))
+        # The writer appends to an existing file; its header must be the file's (it rewrites it when keys are added).
+        writer.metrics_keys = sorted(fields)
+        log.info("kept the logged metrics of epochs 0-%d in %s", last_epoch, path)
+
+
+def _csv_text(fields: list[str], rows: list[dict[str, Any]]) -> str:
+    import io
+
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=sorted(fields))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
 # The files of a fold: folds/fold_XX/{fold.json, predictions.csv}
 
 
@@ -203,16 +351,21 @@ def read_fold_predictions(out_dir: Path, fold: int) -> pd.DataFrame | None:
 
 def write_fold_info(
     out_dir: Path, fold: int, test_subject: str, cache: Cache, train_clips: int, test_clips: int,
-    val_subjects: list[str] | None = None,
+    val_subjects: list[str] | None = None, cfg: DictConfig | None = None,
 ) -> None:
-    """Write ``folds/fold_XX/fold.json``: the fold's test subject, sizes and how many folds the corpus has."""
+    """Write ``folds/fold_XX/fold.json``: the fold's test subject, sizes and how many folds the corpus has, and
+    (given ``cfg``) what it is trained with: ``trained_with`` (:func:`fold_identity`, what resuming compares)
+    and ``configuration`` (the settings, to name the differences when they do not match)."""
     fold_dir = _fold_dir(out_dir, fold)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(fold_dir / "fold.json", json.dumps(
-        {"fold": fold, "test_subject": test_subject, "num_folds": len(cache.subjects),
-         "train_clips": train_clips, "test_clips": test_clips, "val_subjects": list(val_subjects or []),
-         "cache": str(cache.directory)},
-        indent=2))
+    info: dict[str, Any] = {
+        "fold": fold, "test_subject": test_subject, "num_folds": len(cache.subjects),
+        "train_clips": train_clips, "test_clips": test_clips, "val_subjects": list(val_subjects or []),
+        "cache": str(cache.directory)}
+    if cfg is not None:
+        info["trained_with"] = fold_identity(cfg, cache)
+        info["configuration"] = configuration(resolved_config(cfg))
+    atomic_write_text(fold_dir / "fold.json", json.dumps(info, indent=2, default=str))
 
 
 def update_fold_info(out_dir: Path, fold: int, **fields: Any) -> None:
@@ -268,16 +421,25 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
 
     Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
     fold whose predictions exist is skipped (``resume``); a fold killed mid-training resumes from
-    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch).
+    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch) with the random state of that
+    epoch's end, so that it ends with the predictions of an uninterrupted run, and its CSV log keeps the
+    epochs before the kill. Both happen only when ``fold.json`` says the files were written with this
+    configuration, cache and cache inputs.
 
     Returns:
         The fold's predictions; None in the processes of a multi-process (DDP) run other than rank 0.
+
+    Raises:
+        ResumeMismatchError: The fold's files belong to another configuration (and ``resume`` is true).
     """
     out_dir = Path(out_dir)
     if cfg.get("resume", True):
+        check_resumable(cfg, out_dir, fold, fold_identity(cfg, cache))
         done = read_fold_predictions(out_dir, fold)
         if done is not None:
             return done
+    else:
+        discard_fold(out_dir, fold)
     fold_dir = _fold_dir(out_dir, fold)
     monitor = selection_monitor(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -291,7 +453,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
-                    val_subjects=data.val_subjects)
+                    val_subjects=data.val_subjects, cfg=cfg)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
     # validation split it is also the model tested (nothing is selected on the test subject).
@@ -310,9 +472,11 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     if len(data.val_set) == 0:
         trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
     loggers = fold_loggers(cfg, fold, wandb_group)
-    trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
     if last.is_file():
-        log.info("fold %d resumes from %s", fold, last)
+        resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
+        log.info("fold %d resumes from %s (after epoch %d)", fold, last, resumed_epoch)
+        _keep_logged_epochs(loggers, resumed_epoch)
+    trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
     # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
     # torch.load's default weights_only=True refuses.
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)

@@ -131,10 +131,17 @@ def test_configuration_key_ignores_run_only_keys():
 
 
 class EpochLog(pl.Callback):
-    """Appends each epoch index started to ``path``; raises at the end of epoch ``crash_at`` (a simulated kill)."""
+    """Appends each epoch index started to ``path``; raises at the end of epoch ``crash_at`` (a simulated kill).
 
-    def __init__(self, path: str, crash_at: int | None = None):
-        self.path, self.crash_at = Path(path), crash_at
+    ``crash_at`` comes from the environment (``MER_TEST_CRASH_AT``), not the config: the killed run and its
+    resumption must have one configuration (a fold resumes only the configuration that wrote it). Hydra imports
+    this module anew, so a class attribute set by the test would not reach the instance.
+    """
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        crash_at = os.environ.get("MER_TEST_CRASH_AT")
+        self.crash_at = int(crash_at) if crash_at else None
 
     def on_train_epoch_start(self, trainer, module):
         with open(self.path, "a") as handle:
@@ -146,7 +153,7 @@ class EpochLog(pl.Callback):
             raise RuntimeError("simulated kill")
 
 
-def test_killed_fold_resumes_from_its_last_epoch_and_done_folds_are_skipped(tiny_corpus, tmp_path):
+def test_killed_fold_resumes_from_its_last_epoch_and_done_folds_are_skipped(tiny_corpus, tmp_path, monkeypatch):
     epochs = tmp_path / "epochs.txt"
     overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
                  f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "data.batch_size=4",
@@ -154,7 +161,8 @@ def test_killed_fold_resumes_from_its_last_epoch_and_done_folds_are_skipped(tiny
 
     def cfg(max_epochs: int, crash_at: int | None):
         config = compose_train(*overrides, f"trainer.max_epochs={max_epochs}")
-        config.callbacks = {"epochs": {"_target_": "tests.test_sweep.EpochLog", "path": str(epochs), "crash_at": crash_at}}
+        config.callbacks = {"epochs": {"_target_": "tests.test_sweep.EpochLog", "path": str(epochs)}}
+        monkeypatch.setenv("MER_TEST_CRASH_AT", "" if crash_at is None else str(crash_at))
         return config
 
     cache = load_cache(resolve_cache(cfg(3, None)))

@@ -22,6 +22,34 @@ from torch.utils.data import DataLoader, Dataset
 from mer.preprocess.cache import Cache, load_cache
 
 
+def capture_random_state(loader: torch.Generator | None, dataset: torch.Generator) -> dict[str, Any]:
+    """The state of torch's, numpy's and Python's global generators, CUDA's, and the two of a training split."""
+    import random
+
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loader": None if loader is None else loader.get_state(),
+        "dataset": dataset.get_state(),
+    }
+
+
+def restore_random_state(state: dict[str, Any], loader: torch.Generator, dataset: torch.Generator) -> None:
+    """Put back what :func:`capture_random_state` saved."""
+    import random
+
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("loader") is not None:
+        loader.set_state(state["loader"])
+    dataset.set_state(state["dataset"])
+
+
 class PatchDataset(Dataset):
     """Clips of one split, with one amplification factor chosen per path.
 
@@ -155,6 +183,8 @@ class LOSODataModule(pl.LightningDataModule):
             )
             for index in (self.val_index, self.test_index)
         )
+        self._train_generator: torch.Generator | None = None
+        self._resume_state: dict[str, Any] | None = None
         graph = self.cache.fold_graph(fold)
         if str(graph["test_subject"]) != self.test_subject:
             raise ValueError(f"AU graph of fold {fold} is for {graph['test_subject']}, expected {self.test_subject}")
@@ -181,10 +211,28 @@ class LOSODataModule(pl.LightningDataModule):
         return int(self.cache.patches.shape[4])
 
     def train_dataloader(self) -> DataLoader:
+        self._train_generator = torch.Generator().manual_seed(self.seed)
+        if self._resume_state is not None:
+            # A resumed fit: Lightning asks for the loader right before it iterates the first resumed epoch,
+            # so the random state saved at the end of the last finished epoch is put back here.
+            restore_random_state(self._resume_state, self._train_generator, self.train_set.generator)
+            self._resume_state = None
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed), num_workers=0,
+            self.train_set, batch_size=self.batch_size, shuffle=True, generator=self._train_generator, num_workers=0,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every random stream training draws from, as it stands now (Lightning saves it in each checkpoint).
+
+        Checkpoints are written at the end of an epoch, when that epoch's draws (shuffle order, α of every
+        path, dropout) are all made: a fold resumed from one continues with the draws the uninterrupted run
+        makes, so it ends with the same model.
+        """
+        return capture_random_state(self._train_generator, self.train_set.generator)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Keep a checkpoint's random state until :meth:`train_dataloader` builds the loader it belongs to."""
+        self._resume_state = state if state else None
 
     def val_dataloader(self) -> DataLoader:
         """The validation subjects at the test α (empty when ``val_subjects=0``)."""
