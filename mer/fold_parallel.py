@@ -50,7 +50,7 @@ from torch.nn import functional as F
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
 from mer.models import build_model
-from mer.preprocess.cache import Cache, atomic_writer
+from mer.preprocess.cache import Cache
 
 log = logging.getLogger(__name__)
 
@@ -506,6 +506,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
                  "batches": batches.state_dict(),
                  "rng": torch.get_rng_state(), "history": history + records,
                  "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        from mer.preprocess.cache import atomic_writer
+
         with atomic_writer(checkpoint) as handle:
             torch.save(state, handle)
         last_save = time.monotonic()
