@@ -48,7 +48,7 @@ def corpus(tiny_corpus, tmp_path) -> Path:
     return root
 
 
-def test_changed_label_onset_and_frame_reprocess_exactly_those_clips(corpus, tmp_path, caplog):
+def test_changed_label_onset_and_frame_reprocess_exactly_those_clips(corpus, tmp_path, caplog, monkeypatch):
     sheet = pd.read_csv(corpus / "coding.csv")
     # A fourth clip misses a frame at the first build (rejected), and gets it back before the second.
     restored = sheet.iloc[1]
@@ -98,9 +98,15 @@ def test_changed_label_onset_and_frame_reprocess_exactly_those_clips(corpus, tmp
     for key, data in before_patches.items():
         if key not in changed:
             assert after_patches[key] == data, key
-    # And now it is up to date: the next run changes nothing.
+    # And now it is up to date: the next run changes nothing, and (no sheet row rejected) does not even parse
+    # the sheet again: stat'ing the frames of every clip is enough.
     stamps = clip_stamps(out)
     caplog.clear()
+
+    def not_read(*args, **kwargs):
+        raise AssertionError("the sheet was parsed again")
+
+    monkeypatch.setattr("mer.data.samples.read_sample_table", not_read)
     with caplog.at_level(logging.INFO):
         pipeline.run_preprocessing(cfg, progress=False)
     assert "cache is complete" in caplog.text and clip_stamps(out) == stamps
@@ -226,3 +232,18 @@ def test_every_atomic_writer_goes_through_the_helper(tmp_path, monkeypatch):
     with pytest.raises(AtomicWriteError, match="model.pt"):
         save_state_dict(torch.nn.Linear(2, 2), folder / "model.pt")
     assert os.listdir(folder) == []
+
+
+def test_restoring_the_missing_frame_of_a_rejected_row_alone_is_seen(corpus, tmp_path):
+    """Only a frame comes back (sheet and every accepted clip unchanged): the row rejected for it is retried."""
+    sheet = pd.read_csv(corpus / "coding.csv")
+    row = sheet.iloc[5]
+    frame = corpus / f"sub{int(row['Subject']):02d}" / row["Filename"] / f"img{int(row['OnsetFrame']) + 2}.jpg"
+    kept = tmp_path / "kept.jpg"
+    shutil.move(frame, kept)
+    cfg = compose_preprocess(corpus, tmp_path / "cache")
+    out = pipeline.run_preprocessing(cfg, progress=False)
+    assert len(load_cache(out).samples) == 8
+    shutil.move(kept, frame)
+    pipeline.run_preprocessing(cfg, progress=False)
+    assert len(load_cache(out).samples) == 9 and pd.read_csv(out / "rejected.csv").empty

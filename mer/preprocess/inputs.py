@@ -8,7 +8,8 @@ replaced. The fingerprint records, per cache:
   sources' sheets and its membership list);
 - ``clips``: per clip (``"subject/clip"``), its sample-table ``row`` (onset, apex, offset, AUs, label, frames
   folder, ...) and its ``frames``: the count and a digest of the (name, size, mtime_ns) of every file of its
-  folder that matches ``dataset.frame_regex``.
+  folder that matches ``dataset.frame_regex``;
+- ``sheet_rejected``: how many sheet rows were rejected while reading the sheet (bad row, missing frames).
 
 Frames are stat'ed, not read: a no-op rerun over thousands of frames stays fast. A rewrite that keeps a
 file's size and its mtime to the nanosecond goes unseen; ``preprocess.rebuild=true`` rebuilds everything.
@@ -103,11 +104,13 @@ def clip_inputs(sample: Mapping[str, Any], frame_regex: str) -> dict[str, Any]:
             "frames": frames_fingerprint(sample["frames_dir"], frame_regex)}
 
 
-def input_fingerprint(dataset_cfg: Mapping[str, Any], samples: pd.DataFrame) -> dict[str, Any]:
-    """The fingerprint of a corpus as read into ``samples`` (see the module docstring)."""
+def input_fingerprint(dataset_cfg: Mapping[str, Any], samples: pd.DataFrame, problems: list | None = None
+                      ) -> dict[str, Any]:
+    """The fingerprint of a corpus as read into ``samples`` with ``problems`` (see the module docstring)."""
     regex = str(dataset_cfg["frame_regex"])
     return {"sheets": sheet_fingerprint(dataset_cfg),
-            "clips": {clip_key(row): clip_inputs(row, regex) for row in samples.to_dict("records")}}
+            "clips": {clip_key(row): clip_inputs(row, regex) for row in samples.to_dict("records")},
+            "sheet_rejected": sum(1 for p in problems or [] if p.fatal)}
 
 
 def fingerprint_digest(fingerprint: Mapping[str, Any] | None) -> str | None:
@@ -143,6 +146,8 @@ def compare_fingerprints(old: Mapping[str, Any] | None, new: Mapping[str, Any]) 
     for path in sorted(set(old.get("sheets", {})) | set(new.get("sheets", {}))):
         if old.get("sheets", {}).get(path) != new.get("sheets", {}).get(path):
             reasons.append(f"sheet {path} changed")
+    if old.get("sheet_rejected") != new.get("sheet_rejected"):
+        reasons.append(f"sheet rows rejected: {old.get('sheet_rejected')} before, {new.get('sheet_rejected')} now")
     old_clips, new_clips = old.get("clips", {}), new.get("clips", {})
     for key in sorted(set(old_clips) | set(new_clips)):
         if key not in new_clips:
@@ -182,6 +187,26 @@ def check_cache(cfg: Any, directory: Path) -> tuple[bool, list[str]]:
         return True, []
     if recorded is None:
         return False, compare_fingerprints(None, {})
-    samples, _ = read_sample_table(cfg.dataset, on_error="skip")
-    reasons = compare_fingerprints(recorded, input_fingerprint(cfg.dataset, samples))
+    if _unchanged_without_reading(cfg.dataset, recorded):
+        return True, []
+    samples, problems = read_sample_table(cfg.dataset, on_error="skip")
+    reasons = compare_fingerprints(recorded, input_fingerprint(cfg.dataset, samples, problems))
     return not reasons, reasons
+
+
+def _unchanged_without_reading(dataset_cfg: Mapping[str, Any], recorded: Mapping[str, Any]) -> bool:
+    """True when the sample table cannot have changed: same sheets, no row rejected, same frames of every clip.
+
+    The sample table is a function of the sheet and of the frames of its clips; when no row was rejected,
+    every clip's frames are in the record, so re-stat'ing them suffices and the sheet is not parsed again
+    (parsing can be slow: ``apex_policy=max_flow`` computes optical flow). With rejected rows (whose frames
+    the record lacks: one may have been restored) or no sheet at all (clips found in folders), the table is
+    read again.
+    """
+    if recorded.get("sheet_rejected") != 0 or not sheet_files(dataset_cfg):
+        return False
+    if recorded.get("sheets") != sheet_fingerprint(dataset_cfg):
+        return False
+    regex = str(dataset_cfg["frame_regex"])
+    return all(frames_fingerprint(clip["row"]["frames_dir"], regex) == clip["frames"]
+               for clip in recorded.get("clips", {}).values())

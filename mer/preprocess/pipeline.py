@@ -168,8 +168,8 @@ def worker_config(cfg: DictConfig) -> dict[str, Any]:
 def _exit_with_parent(parent_pid: int, sentinel: int | None, interval: float = 0.5) -> None:
     """End this worker process as soon as its parent is gone (run in a daemon thread).
 
-    A parent killed with SIGKILL never shuts its pool down, and spawned workers are not in its way of
-    dying: without this they would go on processing and writing clips for minutes. The parent's
+    A parent killed with SIGKILL never shuts its pool down, and nothing tells its spawned workers that it
+    died: without this they would go on processing and writing clips for minutes. The parent's
     sentinel (a pipe only it holds open) becomes readable when it dies; the parent pid changing (the
     orphan is re-parented) is the fallback where there is no sentinel.
     """
@@ -259,7 +259,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         shutil.rmtree(clips_dir)
     clips_dir.mkdir(parents=True, exist_ok=True)
     settings = preprocessing_settings(cfg)
-    fingerprint = input_fingerprint(cfg.dataset, samples)
+    fingerprint = input_fingerprint(cfg.dataset, samples, problems)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(settings)))
 
     timings: dict[str, float] = {}
