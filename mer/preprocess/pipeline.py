@@ -12,9 +12,11 @@ import json
 import logging
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -129,6 +131,30 @@ def _pool_worker_init() -> None:
     torch.set_num_threads(1)
 
 
+@contextmanager
+def spawn_context() -> Iterator[multiprocessing.context.BaseContext]:
+    """The multiprocessing context of the clip workers: ``spawn``, made safe inside foreign process pools.
+
+    A spawned child re-applies its parent's *global* start method before it unpickles anything
+    (``multiprocessing.spawn.prepare``). Inside a joblib (loky) worker that method is ``"loky"``, a name the
+    fresh child has not registered, so every clip worker died with "cannot find context for 'loky'". While
+    the pool starts its workers, the global start method is therefore set to ``spawn`` when it is not one of
+    the standard methods, and restored afterwards.
+
+    Yields:
+        The ``spawn`` context to give :class:`~concurrent.futures.ProcessPoolExecutor`.
+    """
+    previous = multiprocessing.get_start_method(allow_none=True)
+    foreign = previous is not None and previous not in multiprocessing.get_all_start_methods()
+    if foreign:
+        multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield multiprocessing.get_context("spawn")
+    finally:
+        if foreign:
+            multiprocessing.set_start_method(previous, force=True)
+
+
 def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     """Build the cache for ``cfg`` (a no-op when it is already complete).
 
@@ -180,8 +206,9 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
             _record(_process_one(sample, cfg_container, str(clips_dir), on_error), timings, sample)
             bar.update()
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_pool_worker_init) as pool:
+        with spawn_context() as context, ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_pool_worker_init
+        ) as pool:
             futures = {pool.submit(_process_one, s, cfg_container, str(clips_dir), on_error): s for s in todo}
             try:
                 for future in as_completed(futures):
