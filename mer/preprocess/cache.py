@@ -28,10 +28,10 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 #: Bumped whenever the meaning of a cache's contents changes, so old caches are never misread.
-CACHE_VERSION = 2  # 2: lagrangian maps encode the output motion (1 + alpha) * flow
+CACHE_VERSION = 3  # 2: lagrangian maps encode the output motion (1 + alpha) * flow; 3: the stabilize group
 
 #: Config nodes that decide what the cache contains.
-HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "preprocess")
+HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "stabilize", "preprocess")
 #: Keys that change how a run goes, not what it produces.
 UNHASHED_KEYS = {
     "dataset": ("generate_if_missing",),

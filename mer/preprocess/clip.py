@@ -3,6 +3,7 @@ landmarks -> ROI patches (DESIGN §1, steps 1-3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from mer.preprocess.interpolate import (
 from mer.preprocess.magnify import Magnifier, get_magnifier, validate_magnification
 from mer.preprocess.motion import MotionSpec
 from mer.preprocess.rois import RoiSet, extract_patches, roi_indices
+from mer.preprocess.stabilize import Stabilization, register_frames
 
 
 @dataclass
@@ -36,14 +38,16 @@ class ClipResult:
         patches: ``(A, N, R, C, P, P)`` float32: per alpha, path, ROI and map channel, a ``P x P`` patch.
         landmarks: ``(68, 2)`` float32 ``(x, y)`` in motion-map pixels (the ROI centres are
             ``landmarks[roi_indices(cfg.rois).indices]``).
-        timings: Stage name -> seconds (``load``, ``face``, ``interpolate``, ``magnify``, ``landmarks``,
-            ``patches``, ``total``).
+        timings: Stage name -> seconds (``load``, ``face``, ``stabilize``, ``interpolate``, ``magnify``,
+            ``landmarks``, ``patches``, ``total``).
         onset: ``(S, S, 3)`` float32 onset face crop (S = ``preprocess.face.crop_size``).
         magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha.
         maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``).
         stamps: ``(N + 1,)`` the time stamps (frame numbers, fractional where interpolated).
         face: The detection the crop was built from, in frame pixels.
         crop: The crop square, in frame pixels.
+        transforms: ``(T, 2, 3)`` the registration of each loaded frame to the onset, in crop pixels
+            (identities when ``stabilize.register=none``; see :func:`mer.preprocess.stabilize.fit_transforms`).
     """
 
     patches: np.ndarray
@@ -55,6 +59,7 @@ class ClipResult:
     stamps: np.ndarray
     face: FaceBox
     crop: CropBox
+    transforms: np.ndarray | None = None
 
     @property
     def magnified_last(self) -> np.ndarray:
@@ -177,6 +182,7 @@ class _Stages:
     interpolate: Interpolator
     whole_segment: bool
     magnify: Magnifier
+    stabilize: Stabilization
 
 
 def _stages(cfg: Mapping[str, Any]) -> _Stages:
@@ -203,6 +209,7 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
             interpolate=get_interpolator(cfg["interpolation"]),  # registers it first if it lives in its own module
             whole_segment=cfg["interpolation"]["name"] in WHOLE_SEGMENT,
             magnify=get_magnifier(cfg["magnification"]),
+            stabilize=Stabilization.from_config(cfg.get("stabilize")),
         )
     except ConfigError:
         raise
@@ -273,6 +280,17 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)))
         box = crop_box(face, frames.shape[1:], float(face_cfg.get("margin", 0.25)))
         crops = crop_frames(frames, box, crop_size)
+        face_in_crop = box_in_crop(face, box, crop_size)
+
+    with _timed(timings, "stabilize"):
+        transforms = np.tile(np.eye(2, 3, dtype=np.float32), (len(crops), 1, 1))
+        if stages.stabilize.active:
+            # The stable part of the face (nose, eye corners) on the onset crop: not the background, which does
+            # not move with the head, nor the brows and mouth, which the expression moves.
+            region = stages.stabilize.region(landmarks(crops[0], face_in_crop, face_cfg.get("predictor")), crops.shape[1:])
+            crops, transforms = register_frames(crops, stages.stabilize, region)
+            if stages.stabilize.remove_global_motion != "none" and motion.computed_by is None:
+                motion = dataclasses.replace(motion, global_motion=stages.stabilize.remove_global_motion, region=region)
 
     with _timed(timings, "interpolate"):
         selected = stages.interpolate(crops, numbers, stamps)  # (N + 1, S, S, 3), frame 0 = the onset crop
@@ -282,7 +300,7 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
 
     with _timed(timings, "landmarks"):
         landmark_image = selected[0] if stages.landmarks_on == "onset" else magnified.frames[stages.test_index, -1]
-        points = landmarks(landmark_image, box_in_crop(face, box, crop_size), face_cfg.get("predictor"))
+        points = landmarks(landmark_image, face_in_crop, face_cfg.get("predictor"))
         # Pixel centres map onto pixel centres: crop pixel i covers [i, i + 1) of the crop. (MagNet's stride-2
         # encoder centres its map pixel j on crop pixel 2j rather than 2j + 0.5: a quarter of a map pixel, less
         # than the rounding of patch centres to whole map pixels.)
@@ -305,4 +323,5 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         stamps=stamps,
         face=face,
         crop=box,
+        transforms=transforms,
     )
