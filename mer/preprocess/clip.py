@@ -132,6 +132,53 @@ def select_frames(
     return stamps, frames_needed(available, stamps, whole_segment)
 
 
+#: The last bytes of a complete PNG: the IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def incomplete_image(data: bytes) -> str | None:
+    """Why an image file's bytes are not a whole image, or ``None`` when they look complete.
+
+    Decoders fill a truncated JPEG with grey rows and only warn on stderr, so truncation is found here, from the
+    container: a JPEG must end with its end-of-image marker (trailing padding allowed), a PNG with its IEND chunk,
+    a BMP must be as long as its header says.
+
+    Args:
+        data: The file's contents.
+    """
+    if not data:
+        return "the file is empty"
+    if data[:2] == b"\xff\xd8":
+        return None if data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return None if data.endswith(_PNG_END) else "truncated PNG (no IEND chunk)"
+    if data[:2] == b"BM" and len(data) >= 6:
+        size = int.from_bytes(data[2:6], "little")
+        return None if len(data) >= size else f"truncated BMP ({len(data)} of {size} bytes)"
+    return None
+
+
+def read_frame(path: Path, number: int | None = None) -> np.ndarray:
+    """One frame as ``(H, W, 3)`` uint8 RGB (``number``, its frame number, names it in errors).
+
+    Raises:
+        ClipError: The file cannot be read, is incomplete (see :func:`incomplete_image`) or cannot be decoded;
+            the message names it.
+    """
+    label = f"frame {number}" if number is not None else "frame"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ClipError(f"cannot read {label}: {path}: {error.strerror or error}") from None
+    problem = incomplete_image(data)
+    if problem:
+        raise ClipError(f"cannot read {label}: {path}: {problem}; replace the file or drop the clip")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ClipError(f"cannot read {label}: {path} is not an image OpenCV can decode")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def load_frames(frame_paths: Mapping[int, Path], numbers: np.ndarray) -> np.ndarray:
     """Read frames as RGB.
 
@@ -143,19 +190,38 @@ def load_frames(frame_paths: Mapping[int, Path], numbers: np.ndarray) -> np.ndar
         ``(T, H, W, 3)`` uint8.
 
     Raises:
-        ClipError: A file that cannot be read, or frames of different sizes.
+        ClipError: A file that cannot be read, an incomplete image, or frames of different sizes.
     """
-    frames = []
-    for number in numbers:
-        path = frame_paths[int(number)]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ClipError(f"cannot read frame {number}: {path}")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    frames = [read_frame(frame_paths[int(number)], int(number)) for number in numbers]
     shapes = {frame.shape for frame in frames}
     if len(shapes) > 1:
         raise ClipError(f"frames differ in size: {sorted(shapes)}")
     return np.stack(frames)
+
+
+def check_frame_changes(crops: np.ndarray, names: list[str], limit: float) -> None:
+    """Reject a clip with a frame whose face crop is implausibly far from the onset's.
+
+    Within a clip of a fraction of a second the face changes by a few grey levels on average; a black, blank,
+    noise or foreign frame changes it by tens. Such a frame would make the motion maps measure the difference.
+
+    Args:
+        crops: ``(T, S, S, 3)`` float32 face crops in [0, 1], the onset first.
+        names: How to name each frame in the message.
+        limit: Largest allowed mean absolute difference from the onset crop (``preprocess.max_frame_change``, in
+            [0, 1] units: 0.1 = 25 grey levels).
+
+    Raises:
+        ClipError: Naming the frame, its change and the key to raise.
+    """
+    changes = np.abs(crops[1:] - crops[:1]).mean(axis=(1, 2, 3))
+    worst = int(np.argmax(changes)) if changes.size else 0
+    if changes.size and changes[worst] > limit:
+        raise ClipError(
+            f"frame {names[worst + 1]} differs from the onset {names[0]} by {changes[worst] * 255:.0f} grey levels on "
+            f"average over the face (limit {limit * 255:.0f}: preprocess.max_frame_change={limit}); a black, "
+            "corrupt or foreign frame?"
+        )
 
 
 def _test_alpha_index(magnification_cfg: Mapping[str, Any]) -> int:
@@ -276,10 +342,13 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         frames = load_frames(frame_paths, numbers)
 
     with _timed(timings, "face"):
-        # The loaded frames are ascending from the onset, so the onset is searched first.
-        face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)))
+        # The loaded frames are ascending from the onset: the face is detected on the onset.
+        names = [Path(frame_paths[int(number)]).name for number in numbers]
+        face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)),
+                         names)
         box = crop_box(face, frames.shape[1:], float(face_cfg.get("margin", 0.25)))
         crops = crop_frames(frames, box, crop_size)
+        check_frame_changes(crops, names, float(settings.get("max_frame_change", 0.1)))
         face_in_crop = box_in_crop(face, box, crop_size)
 
     with _timed(timings, "stabilize"):
