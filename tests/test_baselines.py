@@ -5,6 +5,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -266,3 +267,28 @@ def test_every_bench_recipe_is_in_the_sweep():
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         swept = list(parser.parse_overrides(["+experiment/bench=glob(*)"])[0].sweep_string_iterator())
     assert swept == sorted(RECIPES)
+
+
+# --- End to end: the linear probe on today's ROI patches -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
+    """`experiment=bench/linear_probe` through both training paths on the tiny corpus (one fold, one epoch)."""
+    from mer.loso import resolve_cache, run_fold, run_loso
+    from mer.preprocess.cache import load_cache
+
+    overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1",
+                 "experiment=bench/linear_probe", "trainer.max_epochs=1", "data.batch_size=4", "logger=none"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        sequential_cfg = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'seq'}"])
+        parallel_cfg = compose("train", overrides=[*overrides, "trainer.fold_parallel=true", "fold=0",
+                                                   "optim.name=sgd", "optim.momentum=0.9",
+                                                   f"paths.output_dir={tmp_path / 'par'}"])
+    cache = load_cache(resolve_cache(sequential_cfg))
+    sequential = run_fold(sequential_cfg, 0, cache, tmp_path / "seq")
+    run_loso(parallel_cfg, tmp_path / "par")
+    stacked = pd.read_csv(tmp_path / "par" / "folds" / "fold_00" / "predictions.csv", dtype={"subject": str})
+    for table in (sequential, stacked):
+        assert len(table) == 3 and set(table["prediction"]) <= {0, 1, 2}
