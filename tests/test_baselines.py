@@ -217,6 +217,9 @@ def test_wrong_input_is_a_readable_error():
         build("ststnet")(torch.zeros(2, *ROI_SHAPE))
     with pytest.raises(ValueError, match="reads channels"):
         build("off_apexnet", input_shape=(1, 28, 28))
+    with pytest.raises(ValueError, match="only apply to"):
+        build_model({"name": "x", "architecture": "ststnet", "roi_patch_size": 7}, num_classes=3,
+                    input_shape=FLOW_SHAPE)
     with pytest.raises(ValueError, match="not settings"):
         build_model({"name": "x", "architecture": "ststnet", "filters": [1]}, num_classes=3, input_shape=FLOW_SHAPE)
 
@@ -280,11 +283,12 @@ def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
 
     overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
                  f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1",
-                 "experiment=bench/linear_probe", "trainer.max_epochs=1", "data.batch_size=4", "logger=none"]
+                 "experiment=bench/linear_probe", "trainer.max_epochs=1", "data.batch_size=4"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        sequential_cfg = compose("train", overrides=[*overrides, f"paths.output_dir={tmp_path / 'seq'}"])
+        # The default CSV logger writes the hyperparameters, the model config with its interpolation included.
+        sequential_cfg = compose("train", overrides=[*overrides, "logger=csv", f"paths.output_dir={tmp_path / 'seq'}"])
         parallel_cfg = compose("train", overrides=[*overrides, "trainer.fold_parallel=true", "fold=0",
-                                                   "optim.name=sgd", "optim.momentum=0.9",
+                                                   "optim.name=sgd", "optim.momentum=0.9", "logger=none",
                                                    f"paths.output_dir={tmp_path / 'par'}"])
     cache = load_cache(resolve_cache(sequential_cfg))
     sequential = run_fold(sequential_cfg, 0, cache, tmp_path / "seq")
@@ -292,3 +296,5 @@ def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
     stacked = pd.read_csv(tmp_path / "par" / "folds" / "fold_00" / "predictions.csv", dtype={"subject": str})
     for table in (sequential, stacked):
         assert len(table) == 3 and set(table["prediction"]) <= {0, 1, 2}
+    hparams = sorted((tmp_path / "seq").rglob("hparams.yaml"))
+    assert hparams and "linear_probe" in hparams[0].read_text()

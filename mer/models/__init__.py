@@ -117,6 +117,11 @@ def build_model(
         )
     network = ARCHITECTURES[architecture]
     builder_settings = {key: cfg[key] for key in _BUILDER_KEYS if key in cfg}
+    if builder_settings and INPUTS[architecture] != "any":
+        raise ValueError(
+            f"model config {cfg.get('name')!r}: {sorted(builder_settings)} only apply to architectures that take "
+            f"either input (linear_probe), not to {architecture!r}"
+        )
     kwargs = {key: value for key, value in cfg.items() if key not in _DESCRIPTIVE_KEYS + _BUILDER_KEYS}
     parameters = set(inspect.signature(network).parameters)
     accepted = parameters - set(_DATA_ARGUMENTS)

@@ -107,9 +107,10 @@ class DualInception(nn.Module):
         self.stream_v = InceptionStream(filters)
         scale = self.stream_u.scale
         self.feature_dim = 2 * self.stream_u.out_channels * (height // scale) * (width // scale)
-        self.classifier = nn.Sequential(
-            nn.Linear(self.feature_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
-        )
+        layers: list[nn.Module] = [nn.Linear(self.feature_dim, hidden), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        self.classifier = nn.Sequential(*layers, nn.Linear(hidden, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images ``(B, C, S, S)`` (u = channel 0, v = channel 1). Returns: logits ``(B, num_classes)``."""

@@ -16,7 +16,7 @@ from mer.models.flow_image import check_batch, flow_image_shape, pooled_size
 
 
 class STSTNet(nn.Module):
-    """Shallow triple-stream three-dimensional CNN (the "3D" is the three input channels).
+    """Shallow triple-stream three-dimensional CNN.
 
     Args:
         num_classes: Number of classes.
