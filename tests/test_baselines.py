@@ -298,3 +298,34 @@ def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
         assert len(table) == 3 and set(table["prediction"]) <= {0, 1, 2}
     hparams = sorted((tmp_path / "seq").rglob("hparams.yaml"))
     assert hparams and "linear_probe" in hparams[0].read_text()
+
+
+@pytest.mark.parametrize("name", ["ststnet", "off_apexnet", "dual_inception"])
+def test_flow_models_stack_for_fold_parallel_training(name):
+    """Under vmap (mer/fold_parallel.py) a stacked fold trains exactly like the plain model, BatchNorm included."""
+    import copy
+
+    from mer.fold_parallel import StackedModels
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", "model.dropout=0"]).model
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=3, input_shape=FLOW_SHAPE)
+    stacked = StackedModels([copy.deepcopy(model)], lr=0.05, optimizer="sgd", momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        images = torch.randn(1, 4, *FLOW_SHAPE, generator=generator)
+        labels = torch.randint(0, 3, (1, 4), generator=generator)
+        stacked.train_step(images, labels)
+        model.train()
+        optimizer.zero_grad()
+        F.cross_entropy(model(images[0]), labels[0]).backward()
+        optimizer.step()
+    for parameter_name, parameter in model.named_parameters():
+        torch.testing.assert_close(stacked.params[parameter_name][0], parameter.detach(), atol=1e-5, rtol=0)
+    for buffer_name, buffer in model.named_buffers():
+        torch.testing.assert_close(stacked.buffers[buffer_name][0], buffer, atol=1e-5, rtol=0)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stacked.predict(0, images[0]), model(images[0]), atol=1e-5, rtol=0)
