@@ -14,8 +14,9 @@ are trained in lockstep instead:
   statistics are stacked buffers, so each fold's batches update its own statistics.
 - **Optimiser.** One optimiser (``optim.name``: Adam or SGD) over the stacked tensors. Both updates
   are elementwise (SGD's momentum too) and Adam's step count is shared by folds that step
-  together, so this is exactly F independent optimisers with the same settings. The loss is the sum of the per-fold mean cross-entropies:
-  fold f's parameters receive the gradient of fold f's loss only.
+  together, so this is exactly F independent optimisers with the same settings. The loss is the
+  sum of the per-fold mean cross-entropies: fold f's parameters receive the gradient of fold f's
+  loss only.
 - **Data.** Each fold sees only its own training subjects, normalised by its own training scale
   (both from :class:`~mer.data.datamodule.LOSODataModule`, so the two paths cannot disagree), and
   its own stream of batches (:class:`FoldBatches`).
@@ -462,7 +463,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     pl.seed_everything(seed, workers=True, verbose=False)
     lr, weight_decay = float(cfg.optim.lr), float(cfg.optim.weight_decay)
     stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device,
-                            optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)))
+                            optimizer=str(cfg.optim.get("name", "adam")),
+                            momentum=float(cfg.optim.get("momentum", 0.0)))
     del models
     data = FoldData(cache.patches, splits, test_alpha_index, device)
     batch_size = int(cfg.data.batch_size)

@@ -326,10 +326,12 @@ def format_score(result: dict[str, Any], title: str = "") -> str:
     for name, row in result.get("per_source", {}).items():
         mark = "" if len(row["classes_present"]) == len(names) else " *"
         partial = partial or bool(mark)
-        lines.append(f"{name:<{width}}{row['clips']:>7}{row['uf1']:>9.4f}{row['uar']:>9.4f}{row['accuracy']:>9.4f}{mark}")
+        lines.append(f"{name:<{width}}{row['clips']:>7}{row['uf1']:>9.4f}{row['uar']:>9.4f}"
+                     f"{row['accuracy']:>9.4f}{mark}")
     if partial:
         lines.append("* scored over the classes present in that source's labels")
-    lines += ["", f"macro precision {result['macro_precision']:.4f} (a precision, not the UAR: UAR is the macro recall)"]
+    lines += ["", f"macro precision {result['macro_precision']:.4f} "
+                  "(a precision, not the UAR: UAR is the macro recall)"]
     lines += ["", "confusion (rows: true class, columns: predicted)"]
     cell = max(6, *(len(name) for name in names)) + 2
     label_width = max(len(name) for name in names) + 2
@@ -341,7 +343,8 @@ def format_score(result: dict[str, Any], title: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mer.report score FILE [--classes a,b,c]``: pooled UF1 / UAR / accuracy of a MEGC log or predictions.csv."""
+    """``python -m mer.report score FILE [--classes a,b,c]``: pooled UF1 / UAR / accuracy of a MEGC log or a
+    predictions.csv."""
     import argparse
     import sys
 

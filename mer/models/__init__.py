@@ -147,7 +147,8 @@ def _data_arguments(architecture: str, name: Any, builder_settings: dict[str, An
         missing = [key for key in (*roi_keys, "au_adjacency") if given[key] is None]
         if missing:
             raise ValueError(
-                f"model {name!r} ({architecture}) reads ROI patches (B, N, R, C, p, p) and needs {missing} from the data"
+                f"model {name!r} ({architecture}) reads ROI patches (B, N, R, C, p, p) and needs {missing} "
+                "from the data"
             )
         data.update(region_sizes=list(given["region_sizes"]), num_paths=int(given["num_paths"]),
                     in_channels=int(given["in_channels"]), au_adjacency=given["au_adjacency"])

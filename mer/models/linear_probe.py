@@ -36,6 +36,7 @@ class LinearProbe(nn.Module):
         """Args: inputs ``(B, *input_shape)``. Returns: logits ``(B, num_classes)``."""
         if tuple(inputs.shape[1:]) != self.input_shape:
             raise ValueError(
-                f"linear_probe was built for samples of shape {self.input_shape}, got a batch of shape {tuple(inputs.shape)}"
+                f"linear_probe was built for samples of shape {self.input_shape}, "
+                f"got a batch of shape {tuple(inputs.shape)}"
             )
         return self.linear(inputs.flatten(1))
