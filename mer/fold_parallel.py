@@ -12,10 +12,11 @@ are trained in lockstep instead:
   the architecture with one fold's slice, and :func:`torch.func.vmap` maps it over the fold axis
   (``randomness="different"``: each fold draws its own dropout masks). BatchNorm running
   statistics are stacked buffers, so each fold's batches update its own statistics.
-- **Optimiser.** One Adam over the stacked tensors. Adam's update is elementwise and its step
-  count is shared by folds that step together, so this is exactly F independent Adams with the
-  same learning rate (and weight decay). The loss is the sum of the per-fold mean cross-entropies:
-  fold f's parameters receive the gradient of fold f's loss only.
+- **Optimiser.** One optimiser (``optim.name``: Adam or SGD) over the stacked tensors. Both updates
+  are elementwise (SGD's momentum too) and Adam's step count is shared by folds that step
+  together, so this is exactly F independent optimisers with the same settings. The loss is the
+  sum of the per-fold mean cross-entropies: fold f's parameters receive the gradient of fold f's
+  loss only.
 - **Data.** Each fold sees only its own training subjects, normalised by its own training scale
   (both from :class:`~mer.data.datamodule.LOSODataModule`, so the two paths cannot disagree), and
   its own stream of batches (:class:`FoldBatches`).
@@ -50,6 +51,7 @@ from torch.nn import functional as F
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
 from mer.models import build_model
+from mer.optim import build_optimizer
 from mer.preprocess.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -250,13 +252,15 @@ class StackedModels:
 
     Args:
         models: The fold models, all of the same architecture (their values may differ, e.g. the AU graph).
-        lr: Adam learning rate (the same for every fold, as in the sequential path).
-        weight_decay: Adam weight decay.
+        lr: Learning rate (the same for every fold, as in the sequential path).
+        weight_decay: Weight decay.
         device: Where the stacked tensors live.
+        optimizer: ``adam`` or ``sgd`` (:func:`mer.optim.build_optimizer`).
+        momentum: SGD momentum (0 with Adam).
     """
 
     def __init__(self, models: Sequence[nn.Module], lr: float, weight_decay: float = 0.0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", optimizer: str = "adam", momentum: float = 0.0) -> None:
         if not models:
             raise ValueError("need at least one model")
         params, buffers = stack_module_state([m.to(device) for m in models])
@@ -265,7 +269,8 @@ class StackedModels:
         self.num_folds = len(models)
         # The architecture without storage: functional_call gives it one fold's tensors at a time.
         self.base = copy.deepcopy(models[0]).to("meta")
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr, weight_decay=weight_decay)
+        self.optimizer = build_optimizer(list(self.params.values()), optimizer, lr=lr, weight_decay=weight_decay,
+                                         momentum=momentum)
         self._forward = vmap(self._call, randomness="different")
 
     def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], patches: torch.Tensor) -> torch.Tensor:
@@ -457,7 +462,9 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
                                   num_classes=len(class_names), in_channels=in_channels, au_adjacency=split.au_adjacency))
     pl.seed_everything(seed, workers=True, verbose=False)
     lr, weight_decay = float(cfg.optim.lr), float(cfg.optim.weight_decay)
-    stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device)
+    stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device,
+                            optimizer=str(cfg.optim.get("name", "adam")),
+                            momentum=float(cfg.optim.get("momentum", 0.0)))
     del models
     data = FoldData(cache.patches, splits, test_alpha_index, device)
     batch_size = int(cfg.data.batch_size)

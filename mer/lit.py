@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mer.metrics import metric_collection
 from mer.models import build_model
+from mer.optim import build_optimizer
 
 
 class MERModule(pl.LightningModule):
@@ -24,8 +25,10 @@ class MERModule(pl.LightningModule):
         in_channels: C, channels per ROI patch.
         au_adjacency: The fold's AU co-occurrence graph (9, 9), from training subjects only.
         class_names: Class names in index order.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        lr: Learning rate.
+        weight_decay: Weight decay (L2 penalty).
+        optimizer: ``adam`` or ``sgd`` (``optim.name``).
+        momentum: SGD momentum (``optim.momentum``; 0 with Adam).
     """
 
     def __init__(
@@ -39,6 +42,8 @@ class MERModule(pl.LightningModule):
         class_names: Sequence[str],
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["au_adjacency"])
@@ -102,4 +107,5 @@ class MERModule(pl.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return build_optimizer(self.parameters(), self.hparams.optimizer, lr=self.hparams.lr,
+                               weight_decay=self.hparams.weight_decay, momentum=self.hparams.momentum)

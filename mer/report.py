@@ -2,6 +2,9 @@
 
 Prediction tables have one row per test clip with the columns
 ``fold, dataset, subject, clip, label, prediction`` and one ``prob_<class>`` column per class.
+
+``python -m mer.report SWEEP_DIR`` re-pools a sweep; ``python -m mer.report score FILE`` scores a
+MEGC log or a predictions table made elsewhere (:mod:`mer.scoring`).
 """
 
 from __future__ import annotations
@@ -390,10 +393,27 @@ def log_summary_to_wandb(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table."""
-    import argparse
+    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table.
 
-    parser = argparse.ArgumentParser(prog="python -m mer.report", description=main.__doc__)
+    ``python -m mer.report score FILE [--classes a,b,c]`` scores predictions made elsewhere instead
+    (:mod:`mer.scoring`).
+    """
+    import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `score` is dispatched by hand rather than through argparse subparsers: with subparsers the
+    # positional SWEEP_DIR of the original form would be parsed as a sub-command name.
+    if argv and argv[0] == "score":
+        from mer.scoring import main as score_main
+
+        return score_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m mer.report", description=main.__doc__,
+        epilog="Sub-command: `python -m mer.report score FILE [--classes a,b,c]` scores a MEGC log or a "
+               "predictions.csv (see `python -m mer.report score --help`). A sweep directory named `score` "
+               "is given as ./score.",
+    )
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's output directory)")
     parser.add_argument("--wandb", action="store_true",
                         help="also log a wandb summary run per configuration that was trained with logger=wandb")
