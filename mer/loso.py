@@ -275,6 +275,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     module = MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+        optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
                     val_subjects=data.val_subjects)

@@ -73,3 +73,33 @@ def test_stacked_sgd_is_one_sgd_per_fold():
     for f, model in enumerate(plain):
         for name, parameter in model.named_parameters():
             torch.testing.assert_close(stacked.params[name][f], parameter.detach(), atol=1e-6, rtol=0)
+
+
+def test_a_sequential_fold_trains_with_the_configured_optimiser(tiny_corpus, tmp_path, monkeypatch):
+    """``optim.name`` reaches the LightningModule of an ordinary (not fold-parallel) fold."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    import mer.loso as loso
+    from mer.preprocess.cache import load_cache
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(loso, "MERModule", capture)
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
+            f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "logger=none",
+            f"paths.output_dir={tmp_path / 'out'}", "optim.name=sgd", "optim.momentum=0.9"])
+    with pytest.raises(Stop):
+        loso.run_fold(cfg, 0, load_cache(loso.resolve_cache(cfg)), tmp_path / "out")
+    assert seen["optimizer"] == "sgd" and seen["momentum"] == 0.9
