@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import hydra
@@ -20,13 +21,18 @@ def main(cfg: DictConfig) -> None:
     import warnings
 
     from mer.loso import format_summary, run_loso
+    from mer.preprocess.errors import ConfigError
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
-    summary = run_loso(cfg, out_dir)
+    try:
+        summary = run_loso(cfg, out_dir)
+    except ConfigError as error:
+        # A setting no fold can run with: its message says what to change; no traceback.
+        sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))
         print(f"results: {out_dir}/summary.md ({time.perf_counter() - start:.0f} s)")
@@ -72,4 +78,10 @@ def _share_devices(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from mer.hydra_glob import expand_nested_globs
+
+    # `experiment=glob(bench/*)`: Hydra's glob() does not look into sub-folders of a group.
+    sys.argv[1:] = expand_nested_globs(sys.argv[1:], Path(__file__).resolve().parent / "conf")
     main()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +28,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from mer.allocator import reuse_freed_memory
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
+from mer.models import check_model_input, count_parameters
+from mer.preprocess.errors import ConfigError
+from mer.preprocess.flow_image import representation_name
 from mer.preprocess.cache import Cache, CacheMissingError, atomic_write_text, cache_dir_for, is_complete, load_cache
 from mer.report import (
     PREDICTION_COLUMNS, configuration_key, configuration_label, log_summary_to_wandb, wandb_group, write_summary,
@@ -276,6 +280,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
         optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
+        input_shape=data.input_shape,
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
                     val_subjects=data.val_subjects)
@@ -302,7 +307,11 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         log.info("fold %d resumes from %s", fold, last)
     # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
     # torch.load's default weights_only=True refuses.
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    # What the leaderboard reports beside the scores (a resumed fold counts this run's training only).
+    update_fold_info(out_dir, fold, parameters=count_parameters(module.model),
+                     train_seconds=round(time.perf_counter() - fit_start, 3))
     if best is not None:
         selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
         module.load_state_dict(selected["state_dict"])
@@ -337,6 +346,10 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     """
     out_dir = Path(out_dir)
     selection_monitor(cfg)  # a bad selection setting fails before any preprocessing or training
+    check_model_input(cfg.model, representation_name(cfg.get("representation")))
+    if cfg.trainer.get("fold_parallel", False) and representation_name(cfg.get("representation")) != "roi_patches":
+        raise ConfigError("trainer.fold_parallel=true trains ROI patches only; with representation=flow_image train "
+                          "the folds one after another (the default) or as a multirun (-m fold='range(0,K)')")
     cache = load_cache(resolve_cache(cfg))
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None

@@ -69,6 +69,28 @@ class PatchDataset(Dataset):
         }
 
 
+class FlowImageDataset(Dataset):
+    """Clips of one split as onset -> apex flow images (``representation=flow_image``).
+
+    Args:
+        images: float32 tensor (M, C, S, S).
+        labels: int64 tensor (M,).
+        subjects: Subject id of each clip.
+        clips: Clip name of each clip.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, subjects: list[str], clips: list[str]) -> None:
+        self.images, self.labels, self.subjects, self.clips = images, labels, subjects, clips
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Under the same key as ROI patches: the model input, whatever the representation.
+        return {"patches": self.images[index], "label": self.labels[index], "subject": self.subjects[index],
+                "clip": self.clips[index]}
+
+
 class LOSODataModule(pl.LightningDataModule):
     """One leave-one-subject-out fold of a preprocessed cache.
 
@@ -76,7 +98,7 @@ class LOSODataModule(pl.LightningDataModule):
         cache_dir: A complete cache directory (see :mod:`mer.preprocess.cache`).
         fold: Index of the test subject in the sorted subject ids.
         batch_size: Training and test batch size.
-        test_alpha: Amplification factor used at test time (must be one of the cache's).
+        test_alpha: Amplification factor used at test time (must be one of the cache's; ROI patches only).
         normalize: Divide patches by the standard deviation of the fold's training patches.
         permute_train_labels: Shuffle the training labels (an honesty control: the model can then
             learn nothing real, and the pooled UF1 must fall to chance).
@@ -123,12 +145,7 @@ class LOSODataModule(pl.LightningDataModule):
         self.val_index = np.flatnonzero(is_val)
         self.test_index = np.flatnonzero(is_test)
 
-        alphas = [float(a) for a in self.cache.manifest["alphas"]]
-        test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
-        if test_alpha not in alphas:
-            raise ValueError(f"test alpha {test_alpha} is not among the cached alphas {alphas}")
-        self.test_alpha_index = alphas.index(test_alpha)
-
+        self.representation = self.cache.representation
         patches = torch.from_numpy(np.ascontiguousarray(self.cache.patches))
         train_patches = patches[self.train_index]
         # The scale comes from the training subjects only.
@@ -142,19 +159,23 @@ class LOSODataModule(pl.LightningDataModule):
             train_labels = train_labels[order]
         subjects_col = samples["subject"].astype(str).tolist()
         clips_col = samples["clip"].astype(str).tolist()
-        self.train_set = PatchDataset(
-            train_patches / self.scale, train_labels,
-            [subjects_col[i] for i in self.train_index], [clips_col[i] for i in self.train_index],
-            alpha_index=None, seed=seed,
-        )
-        self.val_set, self.test_set = (
-            PatchDataset(
-                patches[index] / self.scale, labels[index],
-                [subjects_col[i] for i in index], [clips_col[i] for i in index],
-                alpha_index=self.test_alpha_index,
-            )
-            for index in (self.val_index, self.test_index)
-        )
+
+        def split(index: np.ndarray, split_labels: torch.Tensor, alpha_index: int | None) -> Dataset:
+            names = [subjects_col[i] for i in index], [clips_col[i] for i in index]
+            if self.representation == "flow_image":
+                return FlowImageDataset(patches[index] / self.scale, split_labels, *names)
+            return PatchDataset(patches[index] / self.scale, split_labels, *names, alpha_index=alpha_index, seed=seed)
+
+        self.test_alpha_index = None
+        if self.representation == "roi_patches":
+            alphas = [float(a) for a in self.cache.manifest["alphas"]]
+            test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
+            if test_alpha not in alphas:
+                raise ValueError(f"test alpha {test_alpha} is not among the cached alphas {alphas}")
+            self.test_alpha_index = alphas.index(test_alpha)
+        self.train_set = split(self.train_index, train_labels, None)
+        self.val_set = split(self.val_index, labels[self.val_index], self.test_alpha_index)
+        self.test_set = split(self.test_index, labels[self.test_index], self.test_alpha_index)
         graph = self.cache.fold_graph(fold)
         if str(graph["test_subject"]) != self.test_subject:
             raise ValueError(f"AU graph of fold {fold} is for {graph['test_subject']}, expected {self.test_subject}")
@@ -174,11 +195,18 @@ class LOSODataModule(pl.LightningDataModule):
 
     @property
     def num_paths(self) -> int:
-        return int(self.cache.patches.shape[2])
+        """N (1 for a flow image, one onset -> apex motion)."""
+        return 1 if self.representation == "flow_image" else int(self.cache.patches.shape[2])
 
     @property
     def in_channels(self) -> int:
-        return int(self.cache.patches.shape[4])
+        return int(self.cache.patches.shape[1 if self.representation == "flow_image" else 4])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's model input: ``(C, S, S)`` flow image or ``(N, R, C, p, p)`` ROI patches."""
+        shape = self.cache.patches.shape
+        return tuple(int(d) for d in (shape[1:] if self.representation == "flow_image" else shape[2:]))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(

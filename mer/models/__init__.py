@@ -19,7 +19,7 @@ from mer.models.ststnet import STSTNet
 
 __all__ = [
     "ARCHITECTURES", "INPUTS", "DualInception", "LayeredRelationsNet", "LinearProbe", "OffApexNet", "STSTNet",
-    "build_model", "count_parameters", "roi_input_shape",
+    "build_model", "check_model_input", "count_parameters", "roi_input_shape",
 ]
 
 # Config keys that describe the run, not the network's constructor arguments.
@@ -55,6 +55,28 @@ INPUTS: dict[str, str] = {
 def roi_input_shape(region_sizes: Sequence[int], num_paths: int, in_channels: int, patch_size: int) -> tuple[int, ...]:
     """One sample's shape in the ROI-patch representation: ``(N, R, C, p, p)``, R = the sum of the region sizes."""
     return (int(num_paths), int(sum(region_sizes)), int(in_channels), int(patch_size), int(patch_size))
+
+
+def check_model_input(model_cfg: DictConfig | Mapping[str, Any], representation: str) -> None:
+    """Fail before any work when a model cannot read the cache's representation.
+
+    Args:
+        model_cfg: The ``model`` config node.
+        representation: ``roi_patches`` or ``flow_image`` (``representation.name``).
+
+    Raises:
+        ConfigError: E.g. ``model=ststnet`` on ROI patches, naming the override that fixes it.
+    """
+    from mer.preprocess.errors import ConfigError
+
+    architecture = str(model_cfg.get("architecture", model_cfg.get("name")))
+    if architecture not in INPUTS:
+        raise ConfigError(f"unknown model architecture {architecture!r}; known: {sorted(INPUTS)}")
+    reads = INPUTS[architecture]
+    if reads not in ("any", representation):
+        raise ConfigError(f"model={model_cfg.get('name', architecture)} reads {reads.replace('_', ' ')}s but the "
+                          f"data is {representation.replace('_', ' ')}: add representation={reads} (or use its "
+                          f"recipe, experiment=bench/{architecture})")
 
 
 def count_parameters(model: nn.Module) -> int:

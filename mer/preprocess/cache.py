@@ -5,7 +5,8 @@ preprocessing setting that can change a number in it. It holds::
 
     manifest.json      written LAST: only a directory with a manifest is complete
     samples.csv        the accepted clips (the sample table), row i <-> patches[i]
-    patches.npy        float32 (clips, A, N, R, C, 7, 7), memory-mappable
+    patches.npy        the model inputs, float32, memory-mappable: (clips, A, N, R, C, 7, 7) ROI patches, or
+                       (clips, C, S, S) flow images (manifest "representation": flow_image)
     landmarks.npy      float32 (clips, 68, 2), (x, y) in motion-map pixels
     rejected.csv       clips that could not be used, and why
     config.yaml        the resolved preprocessing config
@@ -31,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 CACHE_VERSION = 3  # 2: lagrangian maps encode the output motion (1 + alpha) * flow; 3: the stabilize group
 
 #: Config nodes that decide what the cache contains.
-HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "stabilize", "preprocess")
+HASHED_NODES = ("dataset", "representation", "frames", "rois", "interpolation", "magnification", "motion", "stabilize",
+                "preprocess")
 #: Keys that change how a run goes, not what it produces.
 UNHASHED_KEYS = {
     "dataset": ("generate_if_missing",),
@@ -119,7 +121,7 @@ class Cache:
         directory: Where it lives.
         manifest: The parsed ``manifest.json``.
         samples: The sample table of the accepted clips; row i describes ``patches[i]``.
-        patches: float32 array (clips, A, N, R, C, 7, 7).
+        patches: float32 array (clips, A, N, R, C, 7, 7) of ROI patches, or (clips, C, S, S) of flow images.
         landmarks: float32 array (clips, 68, 2).
     """
 
@@ -128,6 +130,11 @@ class Cache:
     samples: pd.DataFrame
     patches: np.ndarray
     landmarks: np.ndarray
+
+    @property
+    def representation(self) -> str:
+        """``roi_patches`` or ``flow_image`` (a cache written before flow images holds ROI patches)."""
+        return str(self.manifest.get("representation", "roi_patches"))
 
     @property
     def subjects(self) -> list[str]:

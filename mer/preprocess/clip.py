@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from mer.preprocess.errors import ClipError, ConfigError
+from mer.preprocess.flow_image import FlowImageSpec, flow_image, representation_name
 from mer.preprocess.face import CropBox, FaceBox, box_in_crop, crop_box, crop_frames, find_face, landmarks
 from mer.preprocess.interpolate import (
     WHOLE_SEGMENT,
@@ -35,14 +36,16 @@ class ClipResult:
     """What preprocessing keeps of one clip.
 
     Attributes:
-        patches: ``(A, N, R, C, P, P)`` float32: per alpha, path, ROI and map channel, a ``P x P`` patch.
-        landmarks: ``(68, 2)`` float32 ``(x, y)`` in motion-map pixels (the ROI centres are
+        patches: The model input. ROI patches: ``(A, N, R, C, P, P)`` float32, per alpha, path, ROI and map
+            channel a ``P x P`` patch. Flow image (``representation=flow_image``): ``(C, s, s)``.
+        landmarks: ``(68, 2)`` float32 ``(x, y)`` in motion-map (or flow-image) pixels (the ROI centres are
             ``landmarks[roi_indices(cfg.rois).indices]``).
         timings: Stage name -> seconds (``load``, ``face``, ``stabilize``, ``interpolate``, ``magnify``,
-            ``landmarks``, ``patches``, ``total``).
+            ``landmarks``, ``patches`` or ``flow``, ``total``).
         onset: ``(S, S, 3)`` float32 onset face crop (S = ``preprocess.face.crop_size``).
-        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha.
-        maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``).
+        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha (flow image: the apex crop).
+        maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``; flow image: the
+            image itself, ``(1, C, s, s)``).
         stamps: ``(N + 1,)`` the time stamps (frame numbers, fractional where interpolated).
         face: The detection the crop was built from, in frame pixels.
         crop: The crop square, in frame pixels.
@@ -249,6 +252,7 @@ class _Stages:
     whole_segment: bool
     magnify: Magnifier
     stabilize: Stabilization
+    flow_image: FlowImageSpec | None  # None: the ROI-patch representation
 
 
 def _stages(cfg: Mapping[str, Any]) -> _Stages:
@@ -265,6 +269,13 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
         crop_size = int(face_cfg.get("crop_size", 128))
         motion = MotionSpec.from_config(cfg["motion"], settings.get("map_size", crop_size))
         motion.check_magnification(cfg["magnification"]["name"])
+        representation = cfg.get("representation")
+        flow_spec = None
+        if representation_name(representation) == "flow_image":
+            flow_spec = FlowImageSpec.from_config(representation)
+            if motion.computed_by is not None:
+                raise ConfigError(f"representation=flow_image needs an optical flow; motion={motion.method} is "
+                                  f"{motion.computed_by}'s own representation: choose motion=tvl1_skimage, tvl1, dis ...")
         return _Stages(
             alphas=[float(a) for a in cfg["magnification"]["alphas"]],
             test_index=_test_alpha_index(cfg["magnification"]),
@@ -276,6 +287,7 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
             whole_segment=cfg["interpolation"]["name"] in WHOLE_SEGMENT,
             magnify=get_magnifier(cfg["magnification"]),
             stabilize=Stabilization.from_config(cfg.get("stabilize")),
+            flow_image=flow_spec,
         )
     except ConfigError:
         raise
@@ -326,18 +338,29 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
         raise error.with_clip(clip_id(sample)) from None
 
 
-def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
-    settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
-    stages = _stages(cfg)
-    crop_size, motion = stages.crop_size, stages.motion
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+@dataclass
+class _FaceCrops:
+    """A clip's loaded frames as stabilised face crops (what both representations start from)."""
 
+    stamps: np.ndarray
+    numbers: np.ndarray
+    crops: np.ndarray  # (T, S, S, 3) float32, onset first
+    face: FaceBox
+    box: CropBox
+    face_in_crop: FaceBox
+    transforms: np.ndarray  # (T, 2, 3)
+    motion: MotionSpec  # with the clip's global-motion region when that removal is on
+
+
+def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any], stages: _Stages,
+                timings: dict[str, float], paths: int) -> _FaceCrops:
+    """Load the frames ``paths`` stamps need, find the face on the onset, crop, check and stabilise them."""
+    settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
     with _timed(timings, "load"):
         available = np.array(sorted(int(n) for n in frame_paths), dtype=np.int64)
         stamps, numbers = select_frames(
-            sample, available, int(cfg["frames"]), settings.get("span", "apex"),
-            bool(settings.get("allow_frame_gaps", False)), stages.whole_segment,
+            sample, available, paths, settings.get("span", "apex"), bool(settings.get("allow_frame_gaps", False)),
+            stages.whole_segment,
         )
         frames = load_frames(frame_paths, numbers)
 
@@ -347,33 +370,76 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)),
                          names)
         box = crop_box(face, frames.shape[1:], float(face_cfg.get("margin", 0.25)))
-        crops = crop_frames(frames, box, crop_size)
+        crops = crop_frames(frames, box, stages.crop_size)
         check_frame_changes(crops, names, float(settings.get("max_frame_change", 0.1)))
-        face_in_crop = box_in_crop(face, box, crop_size)
+        face_in_crop = box_in_crop(face, box, stages.crop_size)
 
+    motion = stages.motion
     with _timed(timings, "stabilize"):
         transforms = np.tile(np.eye(2, 3, dtype=np.float32), (len(crops), 1, 1))
         if stages.stabilize.active:
-            # The stable part of the face (nose, eye corners) on the onset crop: not the background, which does
-            # not move with the head, nor the brows and mouth, which the expression moves.
-            region = stages.stabilize.region(landmarks(crops[0], face_in_crop, face_cfg.get("predictor")), crops.shape[1:])
+            # The stable part of the face, on the onset crop: not the background, which does not move with the
+            # head, nor the brows and mouth, which the expression moves.
+            points = landmarks(crops[0], face_in_crop, face_cfg.get("predictor"))
+            region = stages.stabilize.region(points, crops.shape[1:])
             crops, transforms = register_frames(crops, stages.stabilize, region)
             if stages.stabilize.remove_global_motion != "none" and motion.computed_by is None:
                 motion = dataclasses.replace(motion, global_motion=stages.stabilize.remove_global_motion, region=region)
+    return _FaceCrops(stamps, numbers, crops, face, box, face_in_crop, transforms, motion)
+
+
+def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
+    stages = _stages(cfg)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if stages.flow_image is not None:
+        result = _flow_image_clip(sample, frame_paths, cfg, stages, timings)
+    else:
+        result = _roi_patch_clip(sample, frame_paths, cfg, stages, timings)
+    timings["total"] = time.perf_counter() - start
+    return result
+
+
+def _flow_image_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
+                     stages: _Stages, timings: dict[str, float]) -> ClipResult:
+    """The onset -> apex flow image (``representation=flow_image``); no interpolation, no magnification."""
+    face_cfg = cfg["preprocess"]["face"]
+    # One path: the stamps are the onset and the span's end (the apex by default), both recorded frames.
+    clip = _face_crops(sample, frame_paths, cfg, stages, timings, paths=1)
+    onset, apex = clip.crops[0], clip.crops[-1]
+    with _timed(timings, "flow"):
+        flow = clip.motion.flows(onset, apex[None])[0]  # (S, S, 2) crop pixels
+        image = flow_image(flow, stages.flow_image)  # (C, s, s)
+    with _timed(timings, "landmarks"):
+        points = landmarks(onset, clip.face_in_crop, face_cfg.get("predictor"))
+        points = (points + 0.5) * np.float32(stages.flow_image.size / stages.crop_size) - 0.5
+    return ClipResult(
+        patches=image, landmarks=points.astype(np.float32), timings=timings, onset=onset.copy(),
+        magnified=apex[None].copy(), maps=image[None].copy(), stamps=clip.stamps, face=clip.face, crop=clip.box,
+        transforms=clip.transforms,
+    )
+
+
+def _roi_patch_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
+                    stages: _Stages, timings: dict[str, float]) -> ClipResult:
+    """The paper's ROI patches of N magnified motion maps (``representation=roi_patches``)."""
+    face_cfg = cfg["preprocess"]["face"]
+    clip = _face_crops(sample, frame_paths, cfg, stages, timings, paths=int(cfg["frames"]))
+    motion = clip.motion
 
     with _timed(timings, "interpolate"):
-        selected = stages.interpolate(crops, numbers, stamps)  # (N + 1, S, S, 3), frame 0 = the onset crop
+        selected = stages.interpolate(clip.crops, clip.numbers, clip.stamps)  # (N + 1, S, S, 3), 0 = the onset
 
     with _timed(timings, "magnify"):
         magnified = stages.magnify(selected[0], selected[1:], stages.alphas, motion)
 
     with _timed(timings, "landmarks"):
         landmark_image = selected[0] if stages.landmarks_on == "onset" else magnified.frames[stages.test_index, -1]
-        points = landmarks(landmark_image, face_in_crop, face_cfg.get("predictor"))
+        points = landmarks(landmark_image, clip.face_in_crop, face_cfg.get("predictor"))
         # Pixel centres map onto pixel centres: crop pixel i covers [i, i + 1) of the crop. (MagNet's stride-2
         # encoder centres its map pixel j on crop pixel 2j rather than 2j + 0.5: a quarter of a map pixel, less
         # than the rounding of patch centres to whole map pixels.)
-        points = (points + 0.5) * np.float32(motion.map_size / crop_size) - 0.5
+        points = (points + 0.5) * np.float32(motion.map_size / stages.crop_size) - 0.5
 
     with _timed(timings, "patches"):
         patches = extract_patches(
@@ -381,7 +447,6 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         )
         patches = np.ascontiguousarray(patches, dtype=np.float32)
 
-    timings["total"] = time.perf_counter() - start
     return ClipResult(
         patches=patches,
         landmarks=points.astype(np.float32),
@@ -389,8 +454,8 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         onset=selected[0].copy(),
         magnified=np.array(magnified.frames[stages.test_index]),
         maps=np.array(magnified.motion_maps[stages.test_index]),
-        stamps=stamps,
-        face=face,
-        crop=box,
-        transforms=transforms,
+        stamps=clip.stamps,
+        face=clip.face,
+        crop=clip.box,
+        transforms=clip.transforms,
     )

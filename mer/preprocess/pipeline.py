@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mer.data.samples import AnnotationError, index_frames, read_sample_table
+from mer.preprocess.flow_image import representation_name
 from mer.preprocess.cache import (
     HASHED_NODES,
     MANIFEST,
@@ -277,21 +278,29 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
     write_fold_graphs(kept, out, subjects)
 
     _, region_sizes, region_names = roi_indices(cfg.rois)
-    alphas = [float(a) for a in cfg.magnification.alphas]
-    test_alpha = float(cfg.magnification.test_alpha)
-    if test_alpha not in alphas:
-        raise ValueError(f"magnification.test_alpha {test_alpha} is not one of magnification.alphas {alphas}")
+    representation = representation_name(cfg.get("representation"))
+    if representation == "flow_image":
+        # One onset -> apex flow per clip: no paths, no amplification factors.
+        alphas, test_alpha, frames = [], None, 1
+        axes = ["clip", "channel", "row", "col"]
+    else:
+        alphas = [float(a) for a in cfg.magnification.alphas]
+        test_alpha = float(cfg.magnification.test_alpha)
+        if test_alpha not in alphas:
+            raise ValueError(f"magnification.test_alpha {test_alpha} is not one of magnification.alphas {alphas}")
+        frames, axes = int(cfg.frames), ["clip", "alpha", "path", "roi", "channel", "row", "col"]
     manifest = {
         "cache_version": settings["cache_version"],
         "key": cache_key(cfg),
         "dataset": str(cfg.dataset.name),
+        "representation": representation,
         "clips": int(patch_array.shape[0]),
         "rejected": len(rejected),
         "shape": list(patch_array.shape),
-        "axes": ["clip", "alpha", "path", "roi", "channel", "row", "col"],
+        "axes": axes,
         "alphas": alphas,
         "test_alpha": test_alpha,
-        "frames": int(cfg.frames),
+        "frames": frames,
         "region_names": list(region_names),
         "region_sizes": [int(s) for s in region_sizes],
         "classes": list(cfg.dataset.classes),
