@@ -19,10 +19,13 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
+    from mer.console import quiet_lightning
     from mer.loso import format_summary, run_loso
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if not cfg.verbose:
+        quiet_lightning()
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
