@@ -77,12 +77,13 @@ class RunProgress:
         folds: How many folds the run has to finish.
         epochs: Epochs per fold.
         enabled: Draw the bar.
+        quiet: The run is not verbose: per-epoch log lines are left to the bar (``quiet`` attribute).
     """
 
-    def __init__(self, folds: int, epochs: int, enabled: bool = True) -> None:
+    def __init__(self, folds: int, epochs: int, enabled: bool = True, quiet: bool = True) -> None:
         from tqdm.auto import tqdm
 
-        self.quiet = enabled
+        self.quiet = quiet
         self.epochs = int(epochs)
         self.folds_done = 0
         self.bar = tqdm(total=int(folds) * self.epochs, desc="LOSO", unit="epoch", leave=False,
@@ -119,9 +120,11 @@ class _EpochTick(pl.Callback):
 @contextmanager
 def run_progress(folds: Sequence[int], epochs: int, verbose: bool) -> Iterator[RunProgress]:
     """A :class:`RunProgress` for the block (closed at its end), with logging routed around the bar."""
+    from pytorch_lightning.utilities import rank_zero_only
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    progress = RunProgress(len(folds), epochs, enabled=not verbose)
+    # The other processes of a DDP run (Lightning starts them with their rank in the environment) draw no bar.
+    progress = RunProgress(len(folds), epochs, enabled=not verbose and rank_zero_only.rank == 0, quiet=not verbose)
     try:
         if progress.bar.disable:
             yield progress
