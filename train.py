@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import hydra
@@ -20,6 +21,7 @@ def main(cfg: DictConfig) -> None:
     import warnings
 
     from mer.console import quiet_lightning
+    from mer.data.samples import SheetNotFoundError
     from mer.loso import format_summary, run_loso
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
@@ -29,7 +31,10 @@ def main(cfg: DictConfig) -> None:
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
-    summary = run_loso(cfg, out_dir)
+    try:
+        summary = run_loso(cfg, out_dir)
+    except SheetNotFoundError as error:  # its message lists what the root holds and the key to set
+        sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))
         print(f"results: {out_dir}/summary.md ({time.perf_counter() - start:.0f} s)")

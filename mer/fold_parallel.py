@@ -370,8 +370,8 @@ def train_stacked(
         records.append(record)
         log.log(logging.INFO if log_epochs else logging.DEBUG,
                 "epoch %d/%d: %d folds, train loss %.4f (mean; %.4f..%.4f), %.1f s", epoch + 1, max_epochs,
-                 stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
-                 time.perf_counter() - start)
+                stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
+                time.perf_counter() - start)
         if on_epoch_end is not None:
             on_epoch_end(epoch, records)
     return records

@@ -152,3 +152,14 @@ def test_preprocess_check_with_only_the_2014_sheet(tmp_path: Path) -> None:
     assert "247 rows in the five classes" in output
     samples = pd.read_csv(tmp_path / "out" / "samples.csv")
     assert len(samples) == 6 and set(samples["dataset"]) == {"casme2"}
+
+
+def test_preprocess_without_a_sheet_says_so_without_a_traceback(tmp_path: Path) -> None:
+    root = build_casme2(tmp_path / "CASME2")
+    (root / SHEET_2019).unlink()
+    result = subprocess.run([sys.executable, "preprocess.py", "dataset=casme2", f"dataset.root={root}", "check=true",
+                             f"hydra.run.dir={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: no coding sheet in {root}: dataset.sheet_version=auto tried "), result.stderr
+    assert "Traceback" not in result.stderr

@@ -96,6 +96,11 @@ class Problem:
         return f"{'error' if self.fatal else 'warning'}: {self.message}"
 
 
+class SheetNotFoundError(FileNotFoundError):
+    """The coding sheet a dataset config names is not on disk; the message says what the root holds instead and
+    which key to set (entry points print it without a traceback)."""
+
+
 class AnnotationError(ValueError):
     """A coding sheet that cannot be used as it is; ``problems`` holds every problem found."""
 
@@ -330,7 +335,7 @@ def resolve_sheet(dataset_cfg: Any) -> str | None:
         The version chosen here, or None when nothing was resolved.
 
     Raises:
-        FileNotFoundError: ``sheet_version: auto`` and none of ``sheet_files`` is in ``root``; the message lists
+        SheetNotFoundError: ``sheet_version: auto`` and none of ``sheet_files`` is in ``root``; the message lists
             the names tried, what ``root`` holds and the keys to set.
     """
     sources = dataset_cfg.get("sources")
@@ -347,7 +352,7 @@ def resolve_sheet(dataset_cfg: Any) -> str | None:
     candidates = [(str(version), str(name)) for version, name in files.items()]
     present = [(version, name) for version, name in candidates if (Path(root) / name).is_file()]
     if not present:
-        raise FileNotFoundError(
+        raise SheetNotFoundError(
             f"no coding sheet in {root}: {_full_key(dataset_cfg, 'sheet_version')}={AUTO_SHEET} tried "
             f"{', '.join(name for _, name in candidates)}; {_listing(Path(root))}. Point "
             f"{_full_key(dataset_cfg, 'root')} at the folder the corpus was unpacked to, or name the sheet with "
@@ -511,7 +516,7 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     Raises:
         AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
             or when the sheet lacks a configured column.
-        FileNotFoundError: the annotation sheet does not exist (the message lists what ``root`` holds).
+        SheetNotFoundError: the annotation sheet does not exist (the message lists what ``root`` holds).
         ValueError: an unknown ``on_error`` or ``apex_policy``, a ``class_map`` naming a class not in ``classes``,
             no ``root``, or a ``class_set``/``layout``/``sheet_version`` naming no entry.
     """
@@ -529,7 +534,7 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     if dataset_cfg.get("annotation"):
         sheet_path = root / str(dataset_cfg["annotation"])
         if not sheet_path.is_file():
-            raise FileNotFoundError(_missing_sheet_message(dataset_cfg, root, sheet_path))
+            raise SheetNotFoundError(_missing_sheet_message(dataset_cfg, root, sheet_path))
         if dataset_cfg.get("sheet_files"):
             version = None if _annotation_is_explicit(dataset_cfg) else str(dataset_cfg.get("sheet_version"))
             _announce_sheet(dataset_cfg, version, sheet_path.name,

@@ -55,7 +55,7 @@ def preprocessing_settings(cfg: DictConfig) -> dict[str, Any]:
         A plain dict of the hashed nodes, with run-only keys removed.
 
     Raises:
-        FileNotFoundError: ``dataset.sheet_version: auto`` finds no coding sheet (:func:`mer.data.samples.resolve_sheet`).
+        SheetNotFoundError: ``dataset.sheet_version: auto`` finds no coding sheet (:func:`mer.data.samples.resolve_sheet`).
     """
     from mer.data.samples import resolve_sheet
 
