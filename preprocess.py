@@ -17,10 +17,15 @@ log = logging.getLogger("preprocess")
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from mer.data.samples import SheetNotFoundError
+
     if cfg.check:
         from mer.preprocess.check import check_dataset
 
-        usable = check_dataset(cfg)
+        try:
+            usable = check_dataset(cfg)
+        except SheetNotFoundError as error:  # its message lists what the root holds and the key to set
+            sys.exit(f"error: {error}")
         if not usable:
             sys.exit(1)
         return
@@ -29,8 +34,9 @@ def main(cfg: DictConfig) -> None:
 
     try:
         out = run_preprocessing(cfg)
-    except ConfigError as error:
-        # A config no clip can run with (missing weights, ...): its message says how to fix it; no traceback.
+    except (ConfigError, SheetNotFoundError) as error:
+        # A config no clip can run with (missing weights, no coding sheet, ...): its message says how to fix it;
+        # no traceback.
         sys.exit(f"error: {error}")
     print(f"cache: {out}")
     if cfg.visualize:

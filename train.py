@@ -20,18 +20,22 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
+    from mer.console import quiet_lightning
+    from mer.data.samples import SheetNotFoundError
     from mer.loso import format_summary, run_loso
     from mer.preprocess.errors import ConfigError
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if not cfg.verbose:
+        quiet_lightning()
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
     try:
         summary = run_loso(cfg, out_dir)
-    except ConfigError as error:
-        # A setting no fold can run with: its message says what to change; no traceback.
+    except (ConfigError, SheetNotFoundError) as error:
+        # A setting no fold can run with, or a missing sheet: the message says what to change; no traceback.
         sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))

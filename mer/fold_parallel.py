@@ -335,7 +335,7 @@ class EpochRecord:
 
 def train_stacked(
     stacked: StackedModels, data: FoldData, batches: FoldBatches, max_epochs: int, num_classes: int, *,
-    start_epoch: int = 0, on_epoch_end: Any = None,
+    start_epoch: int = 0, on_epoch_end: Any = None, log_epochs: bool = True,
 ) -> list[EpochRecord]:
     """Train every fold for epochs ``start_epoch .. max_epochs - 1``.
 
@@ -347,6 +347,7 @@ def train_stacked(
         num_classes: For the per-epoch training metrics.
         start_epoch: First epoch to run (after a resume).
         on_epoch_end: Called as ``on_epoch_end(epoch_just_finished, records_so_far)``.
+        log_epochs: Log a line per epoch (off where a progress bar counts the epochs).
 
     Returns:
         One :class:`EpochRecord` per epoch run.
@@ -372,9 +373,10 @@ def train_stacked(
             collection.reset()
         record = EpochRecord(epoch, (epoch + 1) * len(step_sizes) - 1, (loss_sum / sum(step_sizes)).tolist(), metrics)
         records.append(record)
-        log.info("epoch %d/%d: %d folds, train loss %.4f (mean; %.4f..%.4f), %.1f s", epoch + 1, max_epochs,
-                 stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
-                 time.perf_counter() - start)
+        log.log(logging.INFO if log_epochs else logging.DEBUG,
+                "epoch %d/%d: %d folds, train loss %.4f (mean; %.4f..%.4f), %.1f s", epoch + 1, max_epochs,
+                stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
+                time.perf_counter() - start)
         if on_epoch_end is not None:
             on_epoch_end(epoch, records)
     return records
@@ -420,8 +422,9 @@ def training_device(trainer_cfg: DictConfig) -> torch.device:
 
 
 def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequence[int],
-                       wandb_group: str | None = None) -> list[pd.DataFrame]:
+                       wandb_group: str | None = None, progress: Any = None) -> list[pd.DataFrame]:
     """Train ``folds`` of one configuration at once and write each fold's files as :func:`mer.loso.run_fold` does.
+    ``progress`` (a :class:`mer.console.RunProgress`) counts every stacked epoch once per fold it trains.
 
     Folds whose ``predictions.csv`` exists are reused (``resume``); the others are trained
     together, resuming from ``<out_dir>/fold_parallel/last.pt`` when it holds the same folds.
@@ -441,6 +444,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     done = {f: read_fold_predictions(out_dir, f) for f in folds if resume}
     pending = [f for f in folds if done.get(f) is None]
     tables = {f: table for f, table in done.items() if table is not None}
+    if progress is not None:
+        progress.advance(len(tables) * int(cfg.trainer.max_epochs))
     if not pending:
         return [tables[f] for f in folds]
 
@@ -501,10 +506,18 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         tmp.replace(checkpoint)
         last_save = time.monotonic()
 
+    def on_epoch_end(epoch: int, records: list[EpochRecord]) -> None:
+        save_state(epoch, records)
+        if progress is not None:
+            progress.advance(len(pending))
+
     log.info("fold-parallel training of folds %s on %s: %d steps per epoch, %d epochs", pending, device,
              len(batches.step_sizes), max_epochs)
-    history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names),
-                                      start_epoch=start_epoch, on_epoch_end=save_state)
+    if progress is not None:
+        progress.advance(start_epoch * len(pending))
+    started = time.perf_counter()
+    history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names), start_epoch=start_epoch,
+                                      on_epoch_end=on_epoch_end, log_epochs=progress is None or not progress.quiet)
 
     samples = cache.samples
     subjects, clips = samples["subject"].astype(str).to_numpy(), samples["clip"].astype(str).to_numpy()
@@ -517,6 +530,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         test_metrics.reset()
         _log_history(cfg, split.fold, history, f, fold_test, wandb_group, fold_loggers, close_loggers)
         tables[split.fold] = write_fold_predictions(cfg, split.fold, split.test_subject, table, out_dir, cache.samples)
+    log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
     checkpoint.unlink(missing_ok=True)
     return [tables[f] for f in folds]
 

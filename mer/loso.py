@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mer.allocator import reuse_freed_memory
+from mer.console import RunProgress, fold_line, run_progress
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
 from mer.models import check_model_input, count_parameters
@@ -213,13 +214,16 @@ def update_fold_info(out_dir: Path, fold: int, **fields: Any) -> None:
 
 def write_fold_predictions(
     cfg: DictConfig, fold: int, test_subject: str, table: pd.DataFrame, out_dir: Path, samples: pd.DataFrame,
+    seconds: float | None = None,
 ) -> pd.DataFrame:
-    """Write a fold's test predictions to ``folds/fold_XX/predictions.csv`` (atomically: it marks the fold done).
+    """Write a fold's test predictions to ``folds/fold_XX/predictions.csv`` (atomically: it marks the fold done),
+    and log the fold's one line (:func:`mer.console.fold_line`).
 
     Args:
         table: One row per test clip: ``subject, clip, label, prediction`` and ``prob_<class>`` columns.
         samples: The cache's sample table, whose ``dataset`` column names each clip's source corpus
             (a composite's clips name their own).
+        seconds: The fold's wall time, shown in its line.
 
     Returns:
         The table as written, with ``fold`` and ``dataset`` columns first.
@@ -232,8 +236,8 @@ def write_fold_predictions(
     fold_dir = _fold_dir(out_dir, fold)
     atomic_write_text(fold_dir / "predictions.csv", predictions.to_csv(index=False))
     shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
-    accuracy = float((predictions["label"] == predictions["prediction"]).mean())
-    log.info("fold %d (test subject %s): %d clips, accuracy %.3f", fold, test_subject, len(predictions), accuracy)
+    num_classes = sum(1 for c in predictions.columns if c.startswith("prob_"))
+    log.info("%s", fold_line(fold, samples["subject"].nunique(), test_subject, predictions, num_classes, seconds))
     return predictions
 
 
@@ -253,12 +257,13 @@ def _test_alone(module: MERModule, data: LOSODataModule) -> pd.DataFrame:
 # Running folds
 
 
-def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None) -> pd.DataFrame | None:
+def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None,
+             progress: RunProgress | None = None) -> pd.DataFrame | None:
     """Train a fresh model on every subject but ``subjects[fold]`` and test it on that subject.
 
     Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
     fold whose predictions exist is skipped (``resume``); a fold killed mid-training resumes from
-    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch).
+    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch). ``progress`` counts its epochs.
 
     Returns:
         The fold's predictions; None in the processes of a multi-process (DDP) run other than rank 0.
@@ -268,6 +273,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         done = read_fold_predictions(out_dir, fold)
         if done is not None:
             return done
+    start = time.perf_counter()
     fold_dir = _fold_dir(out_dir, fold)
     monitor = selection_monitor(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -297,6 +303,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor,
                                mode=SELECTION_MONITORS[monitor], save_top_k=1, enable_version_counter=False)
         callbacks.append(best)
+    if progress is not None:
+        callbacks.append(progress.callback())
     last = checkpoint_dir / "last.ckpt"
     trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
     if len(data.val_set) == 0:
@@ -330,7 +338,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         trainer.test(module, datamodule=data, verbose=False)
         table = pd.DataFrame(module.test_records)
     close_loggers(trainer.loggers)
-    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples)
+    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
+                                  seconds=time.perf_counter() - start)
 
 
 def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
@@ -353,13 +362,17 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     cache = load_cache(resolve_cache(cfg))
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
-    with reuse_freed_memory():
+    # One bar over every epoch of the run (verbose=true: Lightning's own bar and messages instead).
+    with reuse_freed_memory(), run_progress(folds, int(cfg.trainer.max_epochs), bool(cfg.get("verbose"))) as progress:
         if cfg.trainer.get("fold_parallel", False):
             from mer.fold_parallel import run_folds_parallel
 
-            tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group)
+            tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group, progress=progress)
         else:
-            tables = [run_fold(cfg, fold, cache, out_dir, wandb_group=group) for fold in folds]
+            tables = []
+            for fold in folds:
+                tables.append(run_fold(cfg, fold, cache, out_dir, wandb_group=group, progress=progress))
+                progress.fold_done()
     if cfg.fold is not None or any(table is None for table in tables):
         return None
     predictions = pd.concat(tables, ignore_index=True)

@@ -145,7 +145,7 @@ def write_summary(
 #: was trained and tested. They never separate configurations: the fold jobs of one configuration
 #: differ in ``fold`` (and, with one GPU per job, in ``trainer.devices``) and are pooled together.
 RUN_ONLY_KEYS = (
-    "fold", "resume", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
+    "fold", "resume", "verbose", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
     "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
 )

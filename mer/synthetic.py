@@ -1,4 +1,4 @@
-"""The embedded synthetic micro-expression corpus, written in the CASME II on-disk layout (DESIGN §4).
+"""The embedded synthetic micro-expression corpus, written in the CASME II on-disk layout (docs/design.md §4).
 
 The real corpora are licensed per request and cannot ship, so the default dataset is generated:
 

@@ -75,7 +75,7 @@ def count(parameters) -> int:
 def test_published_parameter_count_and_parts(default_cfg, co_occurrence):
     model = make_model(default_cfg, co_occurrence)
     assert count(model.parameters()) == 2_500_082
-    # The parts of DESIGN.md's table.
+    # The parts of the table in docs/design.md §1.8.
     trunk = model.trunk
     assert count(trunk.tokenizer.parameters()) == 360
     assert [count(stack.parameters()) for stack in trunk.region_encoders] == [228_324, 228_324]

@@ -36,7 +36,7 @@ HASHED_NODES = ("dataset", "representation", "frames", "rois", "interpolation", 
                 "preprocess")
 #: Keys that change how a run goes, not what it produces.
 UNHASHED_KEYS = {
-    "dataset": ("generate_if_missing",),
+    "dataset": ("generate_if_missing", "sheet_notes"),
     "preprocess": ("workers", "on_error"),
 }
 
@@ -55,12 +55,23 @@ def preprocessing_settings(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         A plain dict of the hashed nodes, with run-only keys removed.
+
+    Raises:
+        SheetNotFoundError: ``dataset.sheet_version: auto`` finds no coding sheet (:func:`mer.data.samples.resolve_sheet`).
     """
+    from mer.data.samples import resolve_sheet
+
+    # `sheet_version: auto` becomes the version found on disk first (in cfg itself, so that the recorded config
+    # says so too): caches of different sheets never share a key.
+    resolve_sheet(cfg.dataset)
     settings = {}
     for node in HASHED_NODES:
         value = OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node]
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in UNHASHED_KEYS.get(node, ())}
+            if node == "dataset" and isinstance(value.get("sources"), dict):  # a composite's sources alike
+                value["sources"] = {name: {k: v for k, v in source.items() if k not in UNHASHED_KEYS["dataset"]}
+                                    for name, source in value["sources"].items()}
         settings[node] = value
     if isinstance(settings["dataset"], dict) and settings["dataset"].get("root") is not None:
         settings["dataset"]["root"] = str(Path(settings["dataset"]["root"]).expanduser().resolve())

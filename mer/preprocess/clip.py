@@ -1,5 +1,5 @@
 """One clip through every preprocessing stage: frames -> face crop -> N + 1 frames -> magnified motion maps ->
-landmarks -> ROI patches (DESIGN §1, steps 1-3)."""
+landmarks -> ROI patches (docs/design.md §1.2-§1.6)."""
 
 from __future__ import annotations
 
