@@ -17,10 +17,15 @@ log = logging.getLogger("preprocess")
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from mer.data.samples import SheetNotFoundError
+
     if cfg.check:
         from mer.preprocess.check import check_dataset
 
-        usable = check_dataset(cfg)
+        try:
+            usable = check_dataset(cfg)
+        except SheetNotFoundError as error:  # its message lists what the root holds and the key to set
+            sys.exit(f"error: {error}")
         if not usable:
             sys.exit(1)
         return
@@ -30,9 +35,9 @@ def main(cfg: DictConfig) -> None:
 
     try:
         out = run_preprocessing(cfg)
-    except (ConfigError, AtomicWriteError) as error:
-        # A config no clip can run with (missing weights, ...), or a file that could not be written (disk full):
-        # its message says what to fix; no traceback.
+    except (ConfigError, SheetNotFoundError, AtomicWriteError) as error:
+        # A config no clip can run with (missing weights, no coding sheet, ...), or a file that could not be
+        # written (disk full): its message says what to fix; no traceback.
         sys.exit(f"error: {error}")
     print(f"cache: {out}")
     if cfg.visualize:

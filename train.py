@@ -20,18 +20,24 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
+    from mer.console import quiet_lightning
+    from mer.data.samples import SheetNotFoundError
     from mer.loso import ResumeMismatchError, format_summary, job_output_dir, run_loso
     from mer.preprocess.cache import AtomicWriteError, CacheMissingError
+    from mer.preprocess.errors import ConfigError
 
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    if not cfg.verbose:
+        quiet_lightning()
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = job_output_dir(cfg)
     try:
         summary = run_loso(cfg, out_dir)
-    except (ResumeMismatchError, CacheMissingError, AtomicWriteError) as error:
-        # Each message names the folder or file and what to do: no traceback.
+    except (ConfigError, SheetNotFoundError, ResumeMismatchError, CacheMissingError, AtomicWriteError) as error:
+        # A setting no fold can run with, a missing sheet, another configuration's folds, a missing or stale
+        # cache, a file that could not be written: the message names it and says what to change; no traceback.
         sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))
@@ -78,4 +84,10 @@ def _share_devices(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from mer.hydra_glob import expand_nested_globs
+
+    # `experiment=glob(bench/*)`: Hydra's glob() does not look into sub-folders of a group.
+    sys.argv[1:] = expand_nested_globs(sys.argv[1:], Path(__file__).resolve().parent / "conf")
     main()

@@ -12,10 +12,11 @@ are trained in lockstep instead:
   the architecture with one fold's slice, and :func:`torch.func.vmap` maps it over the fold axis
   (``randomness="different"``: each fold draws its own dropout masks). BatchNorm running
   statistics are stacked buffers, so each fold's batches update its own statistics.
-- **Optimiser.** One Adam over the stacked tensors. Adam's update is elementwise and its step
-  count is shared by folds that step together, so this is exactly F independent Adams with the
-  same learning rate (and weight decay). The loss is the sum of the per-fold mean cross-entropies:
-  fold f's parameters receive the gradient of fold f's loss only.
+- **Optimiser.** One optimiser (``optim.name``: Adam or SGD) over the stacked tensors. Both updates
+  are elementwise (SGD's momentum too) and Adam's step count is shared by folds that step
+  together, so this is exactly F independent optimisers with the same settings. The loss is the
+  sum of the per-fold mean cross-entropies: fold f's parameters receive the gradient of fold f's
+  loss only.
 - **Data.** Each fold sees only its own training subjects, normalised by its own training scale
   (both from :class:`~mer.data.datamodule.LOSODataModule`, so the two paths cannot disagree), and
   its own stream of batches (:class:`FoldBatches`).
@@ -50,6 +51,7 @@ from torch.nn import functional as F
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
 from mer.models import build_model
+from mer.optim import build_optimizer
 from mer.preprocess.cache import Cache
 
 log = logging.getLogger(__name__)
@@ -250,13 +252,15 @@ class StackedModels:
 
     Args:
         models: The fold models, all of the same architecture (their values may differ, e.g. the AU graph).
-        lr: Adam learning rate (the same for every fold, as in the sequential path).
-        weight_decay: Adam weight decay.
+        lr: Learning rate (the same for every fold, as in the sequential path).
+        weight_decay: Weight decay.
         device: Where the stacked tensors live.
+        optimizer: ``adam`` or ``sgd`` (:func:`mer.optim.build_optimizer`).
+        momentum: SGD momentum (0 with Adam).
     """
 
     def __init__(self, models: Sequence[nn.Module], lr: float, weight_decay: float = 0.0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", optimizer: str = "adam", momentum: float = 0.0) -> None:
         if not models:
             raise ValueError("need at least one model")
         params, buffers = stack_module_state([m.to(device) for m in models])
@@ -265,7 +269,8 @@ class StackedModels:
         self.num_folds = len(models)
         # The architecture without storage: functional_call gives it one fold's tensors at a time.
         self.base = copy.deepcopy(models[0]).to("meta")
-        self.optimizer = torch.optim.Adam(list(self.params.values()), lr=lr, weight_decay=weight_decay)
+        self.optimizer = build_optimizer(list(self.params.values()), optimizer, lr=lr, weight_decay=weight_decay,
+                                         momentum=momentum)
         self._forward = vmap(self._call, randomness="different")
 
     def _call(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], patches: torch.Tensor) -> torch.Tensor:
@@ -330,7 +335,7 @@ class EpochRecord:
 
 def train_stacked(
     stacked: StackedModels, data: FoldData, batches: FoldBatches, max_epochs: int, num_classes: int, *,
-    start_epoch: int = 0, on_epoch_end: Any = None,
+    start_epoch: int = 0, on_epoch_end: Any = None, log_epochs: bool = True,
 ) -> list[EpochRecord]:
     """Train every fold for epochs ``start_epoch .. max_epochs - 1``.
 
@@ -342,6 +347,7 @@ def train_stacked(
         num_classes: For the per-epoch training metrics.
         start_epoch: First epoch to run (after a resume).
         on_epoch_end: Called as ``on_epoch_end(epoch_just_finished, records_so_far)``.
+        log_epochs: Log a line per epoch (off where a progress bar counts the epochs).
 
     Returns:
         One :class:`EpochRecord` per epoch run.
@@ -367,9 +373,10 @@ def train_stacked(
             collection.reset()
         record = EpochRecord(epoch, (epoch + 1) * len(step_sizes) - 1, (loss_sum / sum(step_sizes)).tolist(), metrics)
         records.append(record)
-        log.info("epoch %d/%d: %d folds, train loss %.4f (mean; %.4f..%.4f), %.1f s", epoch + 1, max_epochs,
-                 stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
-                 time.perf_counter() - start)
+        log.log(logging.INFO if log_epochs else logging.DEBUG,
+                "epoch %d/%d: %d folds, train loss %.4f (mean; %.4f..%.4f), %.1f s", epoch + 1, max_epochs,
+                stacked.num_folds, float(np.mean(record.loss)), min(record.loss), max(record.loss),
+                time.perf_counter() - start)
         if on_epoch_end is not None:
             on_epoch_end(epoch, records)
     return records
@@ -415,8 +422,9 @@ def training_device(trainer_cfg: DictConfig) -> torch.device:
 
 
 def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequence[int],
-                       wandb_group: str | None = None) -> list[pd.DataFrame]:
+                       wandb_group: str | None = None, progress: Any = None) -> list[pd.DataFrame]:
     """Train ``folds`` of one configuration at once and write each fold's files as :func:`mer.loso.run_fold` does.
+    ``progress`` (a :class:`mer.console.RunProgress`) counts every stacked epoch once per fold it trains.
 
     Folds whose ``predictions.csv`` exists are reused (``resume``); the others are trained
     together, resuming from ``<out_dir>/fold_parallel/last.pt`` when it holds the same folds.
@@ -445,6 +453,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     done = {f: read_fold_predictions(out_dir, f) for f in folds if resume}
     pending = [f for f in folds if done.get(f) is None]
     tables = {f: table for f, table in done.items() if table is not None}
+    if progress is not None:
+        progress.advance(len(tables) * int(cfg.trainer.max_epochs))
     if not pending:
         return [tables[f] for f in folds]
 
@@ -467,7 +477,9 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
                                   num_classes=len(class_names), in_channels=in_channels, au_adjacency=split.au_adjacency))
     pl.seed_everything(seed, workers=True, verbose=False)
     lr, weight_decay = float(cfg.optim.lr), float(cfg.optim.weight_decay)
-    stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device)
+    stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device,
+                            optimizer=str(cfg.optim.get("name", "adam")),
+                            momentum=float(cfg.optim.get("momentum", 0.0)))
     del models
     data = FoldData(cache.patches, splits, test_alpha_index, device)
     batch_size = int(cfg.data.batch_size)
@@ -512,10 +524,18 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
             torch.save(state, handle)
         last_save = time.monotonic()
 
+    def on_epoch_end(epoch: int, records: list[EpochRecord]) -> None:
+        save_state(epoch, records)
+        if progress is not None:
+            progress.advance(len(pending))
+
     log.info("fold-parallel training of folds %s on %s: %d steps per epoch, %d epochs", pending, device,
              len(batches.step_sizes), max_epochs)
-    history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names),
-                                      start_epoch=start_epoch, on_epoch_end=save_state)
+    if progress is not None:
+        progress.advance(start_epoch * len(pending))
+    started = time.perf_counter()
+    history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names), start_epoch=start_epoch,
+                                      on_epoch_end=on_epoch_end, log_epochs=progress is None or not progress.quiet)
 
     samples = cache.samples
     subjects, clips = samples["subject"].astype(str).to_numpy(), samples["clip"].astype(str).to_numpy()
@@ -528,6 +548,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         test_metrics.reset()
         _log_history(cfg, split.fold, history, f, fold_test, wandb_group, fold_loggers, close_loggers)
         tables[split.fold] = write_fold_predictions(cfg, split.fold, split.test_subject, table, out_dir, cache.samples)
+    log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
     checkpoint.unlink(missing_ok=True)
     return [tables[f] for f in folds]
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mer.metrics import metric_collection
 from mer.models import build_model
+from mer.optim import build_optimizer
 
 
 class MERModule(pl.LightningModule):
@@ -24,8 +25,12 @@ class MERModule(pl.LightningModule):
         in_channels: C, channels per ROI patch.
         au_adjacency: The fold's AU co-occurrence graph (9, 9), from training subjects only.
         class_names: Class names in index order.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        lr: Learning rate.
+        weight_decay: Weight decay (L2 penalty).
+        optimizer: ``adam`` or ``sgd`` (``optim.name``).
+        momentum: SGD momentum (``optim.momentum``; 0 with Adam).
+        input_shape: One sample's input shape (``LOSODataModule.input_shape``): flow-image models and the
+            linear probe size themselves from it.
     """
 
     def __init__(
@@ -39,12 +44,16 @@ class MERModule(pl.LightningModule):
         class_names: Sequence[str],
         lr: float = 1e-4,
         weight_decay: float = 0.0,
+        optimizer: str = "adam",
+        momentum: float = 0.0,
+        input_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["au_adjacency"])
         self.model = build_model(
             model_cfg, region_sizes=list(region_sizes), num_paths=num_paths, num_classes=num_classes,
             in_channels=in_channels, au_adjacency=torch.as_tensor(au_adjacency, dtype=torch.float32),
+            input_shape=None if input_shape is None else [int(d) for d in input_shape],
         )
         self.class_names = list(class_names)
         self.train_metrics = metric_collection(num_classes, prefix="train/")
@@ -53,7 +62,7 @@ class MERModule(pl.LightningModule):
         self.test_records: list[dict[str, Any]] = []
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        """Logits (B, classes) of patches (B, N, R, C, 7, 7)."""
+        """Logits (B, classes) of a batch of inputs: ROI patches (B, N, R, C, 7, 7) or flow images (B, C, S, S)."""
         return self.model(patches)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -102,4 +111,5 @@ class MERModule(pl.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return build_optimizer(self.parameters(), self.hparams.optimizer, lr=self.hparams.lr,
+                               weight_decay=self.hparams.weight_decay, momentum=self.hparams.momentum)

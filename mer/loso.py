@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,8 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mer.allocator import reuse_freed_memory
+from mer.console import RunProgress, fold_line, run_progress
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
+from mer.models import check_model_input, count_parameters
+from mer.preprocess.errors import ConfigError
+from mer.preprocess.flow_image import representation_name
 from mer.preprocess.cache import (
     Cache, CacheMissingError, atomic_write_text, cache_dir_for, cache_key, is_complete, load_cache,
 )
@@ -376,13 +381,16 @@ def update_fold_info(out_dir: Path, fold: int, **fields: Any) -> None:
 
 def write_fold_predictions(
     cfg: DictConfig, fold: int, test_subject: str, table: pd.DataFrame, out_dir: Path, samples: pd.DataFrame,
+    seconds: float | None = None,
 ) -> pd.DataFrame:
-    """Write a fold's test predictions to ``folds/fold_XX/predictions.csv`` (atomically: it marks the fold done).
+    """Write a fold's test predictions to ``folds/fold_XX/predictions.csv`` (atomically: it marks the fold done),
+    and log the fold's one line (:func:`mer.console.fold_line`).
 
     Args:
         table: One row per test clip: ``subject, clip, label, prediction`` and ``prob_<class>`` columns.
         samples: The cache's sample table, whose ``dataset`` column names each clip's source corpus
             (a composite's clips name their own).
+        seconds: The fold's wall time, shown in its line.
 
     Returns:
         The table as written, with ``fold`` and ``dataset`` columns first.
@@ -395,8 +403,8 @@ def write_fold_predictions(
     fold_dir = _fold_dir(out_dir, fold)
     atomic_write_text(fold_dir / "predictions.csv", predictions.to_csv(index=False))
     shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
-    accuracy = float((predictions["label"] == predictions["prediction"]).mean())
-    log.info("fold %d (test subject %s): %d clips, accuracy %.3f", fold, test_subject, len(predictions), accuracy)
+    num_classes = sum(1 for c in predictions.columns if c.startswith("prob_"))
+    log.info("%s", fold_line(fold, samples["subject"].nunique(), test_subject, predictions, num_classes, seconds))
     return predictions
 
 
@@ -416,7 +424,8 @@ def _test_alone(module: MERModule, data: LOSODataModule) -> pd.DataFrame:
 # Running folds
 
 
-def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None) -> pd.DataFrame | None:
+def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None,
+             progress: RunProgress | None = None) -> pd.DataFrame | None:
     """Train a fresh model on every subject but ``subjects[fold]`` and test it on that subject.
 
     Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
@@ -424,7 +433,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch) with the random state of that
     epoch's end, so that it ends with the predictions of an uninterrupted run, and its CSV log keeps the
     epochs before the kill. Both happen only when ``fold.json`` says the files were written with this
-    configuration, cache and cache inputs.
+    configuration, cache and cache inputs. ``progress`` counts its epochs.
 
     Returns:
         The fold's predictions; None in the processes of a multi-process (DDP) run other than rank 0.
@@ -440,6 +449,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
             return done
     else:
         discard_fold(out_dir, fold)
+    start = time.perf_counter()
     fold_dir = _fold_dir(out_dir, fold)
     monitor = selection_monitor(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -451,6 +461,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     module = MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+        optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
+        input_shape=data.input_shape,
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
                     val_subjects=data.val_subjects, cfg=cfg)
@@ -467,6 +479,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor,
                                mode=SELECTION_MONITORS[monitor], save_top_k=1, enable_version_counter=False)
         callbacks.append(best)
+    if progress is not None:
+        callbacks.append(progress.callback())
     last = checkpoint_dir / "last.ckpt"
     trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
     if len(data.val_set) == 0:
@@ -479,7 +493,11 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
     # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
     # torch.load's default weights_only=True refuses.
+    fit_start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    # What the leaderboard reports beside the scores (a resumed fold counts this run's training only).
+    update_fold_info(out_dir, fold, parameters=count_parameters(module.model),
+                     train_seconds=round(time.perf_counter() - fit_start, 3))
     if best is not None:
         selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
         module.load_state_dict(selected["state_dict"])
@@ -498,7 +516,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         trainer.test(module, datamodule=data, verbose=False)
         table = pd.DataFrame(module.test_records)
     close_loggers(trainer.loggers)
-    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples)
+    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
+                                  seconds=time.perf_counter() - start)
 
 
 def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
@@ -514,16 +533,24 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     """
     out_dir = Path(out_dir)
     selection_monitor(cfg)  # a bad selection setting fails before any preprocessing or training
+    check_model_input(cfg.model, representation_name(cfg.get("representation")))
+    if cfg.trainer.get("fold_parallel", False) and representation_name(cfg.get("representation")) != "roi_patches":
+        raise ConfigError("trainer.fold_parallel=true trains ROI patches only; with representation=flow_image train "
+                          "the folds one after another (the default) or as a multirun (-m fold='range(0,K)')")
     cache = load_cache(resolve_cache(cfg))
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
-    with reuse_freed_memory():
+    # One bar over every epoch of the run (verbose=true: Lightning's own bar and messages instead).
+    with reuse_freed_memory(), run_progress(folds, int(cfg.trainer.max_epochs), bool(cfg.get("verbose"))) as progress:
         if cfg.trainer.get("fold_parallel", False):
             from mer.fold_parallel import run_folds_parallel
 
-            tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group)
+            tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group, progress=progress)
         else:
-            tables = [run_fold(cfg, fold, cache, out_dir, wandb_group=group) for fold in folds]
+            tables = []
+            for fold in folds:
+                tables.append(run_fold(cfg, fold, cache, out_dir, wandb_group=group, progress=progress))
+                progress.fold_done()
     if cfg.fold is not None or any(table is None for table in tables):
         return None
     predictions = pd.concat(tables, ignore_index=True)

@@ -2,6 +2,9 @@
 
 Prediction tables have one row per test clip with the columns
 ``fold, dataset, subject, clip, label, prediction`` and one ``prob_<class>`` column per class.
+
+``python -m mer.report SWEEP_DIR`` re-pools a sweep; ``python -m mer.report score FILE`` scores a
+MEGC log or a predictions table made elsewhere (:mod:`mer.scoring`).
 """
 
 from __future__ import annotations
@@ -143,7 +146,8 @@ def write_summary(
 #: was trained and tested. They never separate configurations: the fold jobs of one configuration
 #: differ in ``fold`` (and, with one GPU per job, in ``trainer.devices``) and are pooled together.
 RUN_ONLY_KEYS = (
-    "fold", "resume", "paths", "logger", "preprocess_if_missing", "preprocess.workers", "preprocess.rebuild",
+    "fold", "resume", "verbose", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
+    "preprocess.rebuild",
     "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
 )
@@ -391,10 +395,27 @@ def log_summary_to_wandb(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table."""
-    import argparse
+    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table.
 
-    parser = argparse.ArgumentParser(prog="python -m mer.report", description=main.__doc__)
+    ``python -m mer.report score FILE [--classes a,b,c]`` scores predictions made elsewhere instead
+    (:mod:`mer.scoring`).
+    """
+    import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `score` is dispatched by hand rather than through argparse subparsers: with subparsers the
+    # positional SWEEP_DIR of the original form would be parsed as a sub-command name.
+    if argv and argv[0] == "score":
+        from mer.scoring import main as score_main
+
+        return score_main(argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m mer.report", description=main.__doc__,
+        epilog="Sub-command: `python -m mer.report score FILE [--classes a,b,c]` scores a MEGC log or a "
+               "predictions.csv (see `python -m mer.report score --help`). A sweep directory named `score` "
+               "is given as ./score.",
+    )
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's output directory)")
     parser.add_argument("--wandb", action="store_true",
                         help="also log a wandb summary run per configuration that was trained with logger=wandb")

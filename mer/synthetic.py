@@ -1,4 +1,4 @@
-"""The embedded synthetic micro-expression corpus, written in the CASME II on-disk layout (DESIGN §4).
+"""The embedded synthetic micro-expression corpus, written in the CASME II on-disk layout (docs/design.md §4).
 
 The real corpora are licensed per request and cannot ship, so the default dataset is generated:
 
@@ -56,6 +56,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -723,11 +724,18 @@ def ensure_corpus(dataset_cfg: Mapping[str, Any]) -> Path:
         The corpus root.
     """
     root = Path(str(dataset_cfg["root"]))
-    if (root / str(dataset_cfg["annotation"])).exists() or not dataset_cfg.get("generate_if_missing", False):
+    sheet = root / str(dataset_cfg["annotation"])
+    if sheet.exists() or not dataset_cfg.get("generate_if_missing", False):
         return root
-    generator = dict(dataset_cfg.get("generator") or {})
-    log.info("no annotation sheet under %s: generating the synthetic corpus (%s)", root, generator)
-    return generate_corpus(root, subject_format=str(dataset_cfg.get("subject_format", "sub{:02d}")), **generator)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # The jobs of a sweep over new configurations all find the corpus missing at once: one generates it, the
+    # others wait for the lock and then find it there.
+    with FileLock(str(root.with_name(root.name + ".lock"))):
+        if sheet.exists():
+            return root
+        generator = dict(dataset_cfg.get("generator") or {})
+        log.info("no annotation sheet under %s: generating the synthetic corpus (%s)", root, generator)
+        return generate_corpus(root, subject_format=str(dataset_cfg.get("subject_format", "sub{:02d}")), **generator)
 
 
 def load_ground_truth(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -750,7 +758,8 @@ def load_ground_truth(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m mer.synthetic --root DIR [--seed S] [--subjects K] [--clips-per-subject M]``."""
+    """Command line: ``python -m mer.synthetic --root DIR [--seed S] [--subjects K] [--clips-per-subject M]
+    [--head-step-px P] [--head-step-deg D] [--apex-displacement-px LOW HIGH]``."""
     parser = argparse.ArgumentParser(prog="python -m mer.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="folder to write the corpus to")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
@@ -758,12 +767,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clips-per-subject", type=int, default=8, help="clips per subject")
     parser.add_argument("--workers", type=int, default=GeneratorOptions.workers,
                         help="rendering processes (the output does not depend on it)")
+    parser.add_argument("--head-step-px", type=float, default=GeneratorOptions.head_step_px,
+                        help="head motion: standard deviation of the per-frame translation step, pixels (real "
+                             "recordings: about 0.1)")
+    parser.add_argument("--head-step-deg", type=float, default=GeneratorOptions.head_step_deg,
+                        help="head motion: standard deviation of the per-frame rotation step, degrees")
+    parser.add_argument("--apex-displacement-px", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        default=GeneratorOptions.apex_displacement_px,
+                        help="range of a clip's largest landmark displacement at the apex, pixels")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus at --root")
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     generate_corpus(arguments.root, seed=arguments.seed, subjects=arguments.subjects,
                     clips_per_subject=arguments.clips_per_subject, overwrite=arguments.overwrite,
-                    workers=arguments.workers)
+                    workers=arguments.workers, head_step_px=arguments.head_step_px,
+                    head_step_deg=arguments.head_step_deg, apex_displacement_px=tuple(arguments.apex_displacement_px))
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ def test_unreadable_frame_and_bad_annotations_reject_the_clip(clip, tmp_path):
     sample, paths, _ = clip
     broken = tmp_path / "img105.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(ClipError, match="cannot read frame 105"):
+    with pytest.raises(ClipError, match="cannot read frame 105: .* not an image"):
         process_clip(sample, {**paths, 105: broken}, make_cfg())
     with pytest.raises(ClipError, match="apex frame 100 comes before onset frame 101"):
         process_clip({**sample, "apex": 100}, paths, make_cfg())
@@ -210,3 +210,41 @@ def test_test_alpha_must_be_one_of_the_alphas(clip):
     sample, paths, _ = clip
     with pytest.raises(ValueError, match="test_alpha 2.5 is not one of"):
         process_clip(sample, paths, make_cfg("magnification.test_alpha=2.5"))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_truncated_frame_rejects_the_clip_naming_the_file(clip, tmp_path, suffix):
+    """A decoder fills a cut-off image with grey rows and only warns: the clip is rejected instead."""
+    sample, paths, frames = clip
+    ok, encoded = cv2.imencode(suffix, cv2.cvtColor(frames[105], cv2.COLOR_RGB2BGR))
+    assert ok
+    whole = tmp_path / f"whole{suffix}"
+    whole.write_bytes(encoded.tobytes())
+    np.testing.assert_array_equal(clip_module.read_frame(whole), cv2.cvtColor(cv2.imread(str(whole)), cv2.COLOR_BGR2RGB))
+    cut = tmp_path / f"img105{suffix}"
+    cut.write_bytes(encoded.tobytes()[: len(encoded) * 2 // 3])
+    assert cv2.imread(str(cut)) is not None or suffix == ".png"  # OpenCV itself may well decode it
+    with pytest.raises(ClipError, match=rf"cannot read frame 105: {cut}: truncated (JPEG|PNG)"):
+        process_clip(sample, {**paths, 105: cut}, make_cfg())
+
+
+def test_incomplete_image_reads_the_container():
+    assert clip_module.incomplete_image(b"") == "the file is empty"
+    assert clip_module.incomplete_image(b"\xff\xd8 data \xff\xd9\x00\x00") is None  # padding after the marker
+    assert "JPEG" in clip_module.incomplete_image(b"\xff\xd8 data")
+    bmp = b"BM" + (100).to_bytes(4, "little") + bytes(20)
+    assert "26 of 100 bytes" in clip_module.incomplete_image(bmp)
+
+
+def test_a_black_frame_in_the_span_rejects_the_clip(clip, tmp_path):
+    sample, paths, frames = clip
+    black = write_frames(tmp_path, {APEX: np.zeros_like(frames[APEX])})[APEX]
+    with pytest.raises(ClipError, match=r"frame img107.png differs from the onset img101.png by \d+ grey levels"):
+        process_clip(sample, {**paths, APEX: black}, make_cfg())
+
+
+def test_a_black_onset_is_rejected_not_cropped_from_a_later_frame(clip, tmp_path):
+    sample, paths, frames = clip
+    black = write_frames(tmp_path, {ONSET: np.zeros_like(frames[ONSET])})[ONSET]
+    with pytest.raises(ClipError, match="no face detected on the onset frame img101.png .*a face is found on img10"):
+        process_clip(sample, {**paths, ONSET: black}, make_cfg())

@@ -442,7 +442,7 @@ def test_an_unknown_choice_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"dataset.class_set='casme2_6class' is not one of \['casme2_4class', "
                                          r"'casme2_5class', 'megc_3class'\]"):
         read_sample_table(dataset_cfg("casme2", tmp_path, "dataset.class_set=casme2_6class"))
-    with pytest.raises(ValueError, match=r"dataset.sheet_version='v2020' is not one of \['v2014', 'v2019'\]"):
+    with pytest.raises(ValueError, match=r"dataset.sheet_version='v2020' is not one of \['auto', 'v2019', 'v2014', 'updated'\]"):
         read_sample_table(dataset_cfg("casme2", tmp_path, "dataset.sheet_version=v2020"))
 
 

@@ -47,13 +47,16 @@ def test_detects_the_face_with_a_positive_score(astronaut):
 def test_blank_frames_have_no_face_and_the_error_says_so():
     blank = np.full((240, 320, 3), 128, np.uint8)
     assert detect_face(blank) is None
-    with pytest.raises(ClipError, match="no face detected on the onset frame nor on the 2 other frames"):
+    with pytest.raises(ClipError, match=r"no face detected on the onset frame frame #0 \(.*\) nor on the 2 other"):
         find_face([blank, blank, blank], upsample_retry=1)
 
 
-def test_search_goes_on_to_the_other_frames(astronaut):
+def test_the_face_must_be_on_the_onset_frame(astronaut):
+    """A black onset is rejected, naming it and the frame that has a face, not cropped from a later frame."""
     blank = np.zeros_like(astronaut)
-    assert find_face([blank, astronaut]) == detect_face(astronaut)
+    assert find_face([astronaut, blank]) == detect_face(astronaut)
+    with pytest.raises(ClipError, match="onset frame img1.jpg .*a face is found on img2.jpg"):
+        find_face([blank, astronaut], names=["img1.jpg", "img2.jpg"])
 
 
 def test_small_faces_are_found_by_upsampling(astronaut):

@@ -374,3 +374,18 @@ def test_ddp_on_two_cpu_processes_tests_every_clip_once(tiny_corpus, tmp_path):
     assert len(predictions) == 9 and not predictions.duplicated(["subject", "clip"]).any()
     assert (predictions.groupby("fold")["subject"].nunique() == 1).all()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["num_folds"] == 3
+
+
+@pytest.mark.slow
+def test_joblib_sweep_builds_missing_caches_with_worker_processes(tiny_corpus, tmp_path):
+    """A joblib sweep over configurations whose caches do not exist yet: each job builds its cache with the
+    default pool of worker processes (which used to die inheriting loky's start method) and the sweep pools."""
+    sweep = tmp_path / "sweep"
+    train_py("-m", "dataset=synthetic", "fold=0,1", "frames=2,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+             f"hydra.sweep.dir={sweep}", f"paths.data_dir={tiny_corpus.parent}", "dataset.generate_if_missing=false",
+             "preprocess_if_missing=true", f"paths.cache_dir={tmp_path / 'cache'}", "preprocess.workers=2",
+             "trainer.max_epochs=1", "data.batch_size=4")
+    rows = json.loads((sweep / "table.json").read_text())
+    assert [(r["name"], r["folds_found"]) for r in rows] == [("frames=2", 2), ("frames=4", 2)]
+    assert "| frames=2 |" in (sweep / "table.md").read_text()
+    assert len(list((tmp_path / "cache" / "synthetic").glob("*/manifest.json"))) == 2

@@ -310,3 +310,26 @@ def test_faces_are_found_by_dlib_at_the_true_landmarks(tiny_corpus: Path) -> Non
             shape = predictor(image, faces[0])
             found = np.array([(p.x, p.y) for p in shape.parts()], dtype=float)
             assert np.linalg.norm(found - record["onset_landmarks"], axis=1).mean() < 3.0, (key, frame)
+
+
+def test_racing_jobs_generate_the_corpus_once(tmp_path: Path, synthetic_dataset_yaml, monkeypatch) -> None:
+    """The jobs of a sweep over new configurations find the corpus missing together: one generates it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import mer.synthetic as synthetic
+
+    calls = []
+    real = synthetic.generate_corpus
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "generate_corpus", counted)
+    cfg = synthetic_dataset_yaml.copy()
+    cfg.root = str(tmp_path / "shared")
+    cfg.generator = {"seed": 1, "subjects": 1, "clips_per_subject": 1, "frames_per_clip": [12, 12], "workers": 1}
+    with ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda _: synthetic.ensure_corpus(cfg), range(3)))
+    assert roots == [tmp_path / "shared"] * 3 and len(calls) == 1
+    assert len(_sheet_rows(tmp_path / "shared")) == 1

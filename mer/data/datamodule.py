@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from mer.preprocess.cache import Cache, load_cache
 
 
-def capture_random_state(loader: torch.Generator | None, dataset: torch.Generator) -> dict[str, Any]:
-    """The state of torch's, numpy's and Python's global generators, CUDA's, and the two of a training split."""
+def capture_random_state(loader: torch.Generator | None, dataset: torch.Generator | None) -> dict[str, Any]:
+    """The state of torch's, numpy's and Python's global generators, CUDA's, and those of a training split (its
+    loader's shuffle generator; its dataset's draws, where it draws any)."""
     import random
 
     return {
@@ -32,11 +33,11 @@ def capture_random_state(loader: torch.Generator | None, dataset: torch.Generato
         "numpy": np.random.get_state(),
         "python": random.getstate(),
         "loader": None if loader is None else loader.get_state(),
-        "dataset": dataset.get_state(),
+        "dataset": None if dataset is None else dataset.get_state(),
     }
 
 
-def restore_random_state(state: dict[str, Any], loader: torch.Generator, dataset: torch.Generator) -> None:
+def restore_random_state(state: dict[str, Any], loader: torch.Generator, dataset: torch.Generator | None) -> None:
     """Put back what :func:`capture_random_state` saved."""
     import random
 
@@ -47,7 +48,8 @@ def restore_random_state(state: dict[str, Any], loader: torch.Generator, dataset
     random.setstate(state["python"])
     if state.get("loader") is not None:
         loader.set_state(state["loader"])
-    dataset.set_state(state["dataset"])
+    if dataset is not None and state.get("dataset") is not None:
+        dataset.set_state(state["dataset"])
 
 
 class PatchDataset(Dataset):
@@ -97,6 +99,28 @@ class PatchDataset(Dataset):
         }
 
 
+class FlowImageDataset(Dataset):
+    """Clips of one split as onset -> apex flow images (``representation=flow_image``).
+
+    Args:
+        images: float32 tensor (M, C, S, S).
+        labels: int64 tensor (M,).
+        subjects: Subject id of each clip.
+        clips: Clip name of each clip.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, subjects: list[str], clips: list[str]) -> None:
+        self.images, self.labels, self.subjects, self.clips = images, labels, subjects, clips
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        # Under the same key as ROI patches: the model input, whatever the representation.
+        return {"patches": self.images[index], "label": self.labels[index], "subject": self.subjects[index],
+                "clip": self.clips[index]}
+
+
 class LOSODataModule(pl.LightningDataModule):
     """One leave-one-subject-out fold of a preprocessed cache.
 
@@ -104,7 +128,7 @@ class LOSODataModule(pl.LightningDataModule):
         cache_dir: A complete cache directory (see :mod:`mer.preprocess.cache`).
         fold: Index of the test subject in the sorted subject ids.
         batch_size: Training and test batch size.
-        test_alpha: Amplification factor used at test time (must be one of the cache's).
+        test_alpha: Amplification factor used at test time (must be one of the cache's; ROI patches only).
         normalize: Divide patches by the standard deviation of the fold's training patches.
         permute_train_labels: Shuffle the training labels (an honesty control: the model can then
             learn nothing real, and the pooled UF1 must fall to chance).
@@ -151,12 +175,7 @@ class LOSODataModule(pl.LightningDataModule):
         self.val_index = np.flatnonzero(is_val)
         self.test_index = np.flatnonzero(is_test)
 
-        alphas = [float(a) for a in self.cache.manifest["alphas"]]
-        test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
-        if test_alpha not in alphas:
-            raise ValueError(f"test alpha {test_alpha} is not among the cached alphas {alphas}")
-        self.test_alpha_index = alphas.index(test_alpha)
-
+        self.representation = self.cache.representation
         patches = torch.from_numpy(np.ascontiguousarray(self.cache.patches))
         train_patches = patches[self.train_index]
         # The scale comes from the training subjects only.
@@ -170,19 +189,23 @@ class LOSODataModule(pl.LightningDataModule):
             train_labels = train_labels[order]
         subjects_col = samples["subject"].astype(str).tolist()
         clips_col = samples["clip"].astype(str).tolist()
-        self.train_set = PatchDataset(
-            train_patches / self.scale, train_labels,
-            [subjects_col[i] for i in self.train_index], [clips_col[i] for i in self.train_index],
-            alpha_index=None, seed=seed,
-        )
-        self.val_set, self.test_set = (
-            PatchDataset(
-                patches[index] / self.scale, labels[index],
-                [subjects_col[i] for i in index], [clips_col[i] for i in index],
-                alpha_index=self.test_alpha_index,
-            )
-            for index in (self.val_index, self.test_index)
-        )
+
+        def split(index: np.ndarray, split_labels: torch.Tensor, alpha_index: int | None) -> Dataset:
+            names = [subjects_col[i] for i in index], [clips_col[i] for i in index]
+            if self.representation == "flow_image":
+                return FlowImageDataset(patches[index] / self.scale, split_labels, *names)
+            return PatchDataset(patches[index] / self.scale, split_labels, *names, alpha_index=alpha_index, seed=seed)
+
+        self.test_alpha_index = None
+        if self.representation == "roi_patches":
+            alphas = [float(a) for a in self.cache.manifest["alphas"]]
+            test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
+            if test_alpha not in alphas:
+                raise ValueError(f"test alpha {test_alpha} is not among the cached alphas {alphas}")
+            self.test_alpha_index = alphas.index(test_alpha)
+        self.train_set = split(self.train_index, train_labels, None)
+        self.val_set = split(self.val_index, labels[self.val_index], self.test_alpha_index)
+        self.test_set = split(self.test_index, labels[self.test_index], self.test_alpha_index)
         self._train_generator: torch.Generator | None = None
         self._resume_state: dict[str, Any] | None = None
         graph = self.cache.fold_graph(fold)
@@ -204,18 +227,25 @@ class LOSODataModule(pl.LightningDataModule):
 
     @property
     def num_paths(self) -> int:
-        return int(self.cache.patches.shape[2])
+        """N (1 for a flow image, one onset -> apex motion)."""
+        return 1 if self.representation == "flow_image" else int(self.cache.patches.shape[2])
 
     @property
     def in_channels(self) -> int:
-        return int(self.cache.patches.shape[4])
+        return int(self.cache.patches.shape[1 if self.representation == "flow_image" else 4])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's model input: ``(C, S, S)`` flow image or ``(N, R, C, p, p)`` ROI patches."""
+        shape = self.cache.patches.shape
+        return tuple(int(d) for d in (shape[1:] if self.representation == "flow_image" else shape[2:]))
 
     def train_dataloader(self) -> DataLoader:
         self._train_generator = torch.Generator().manual_seed(self.seed)
         if self._resume_state is not None:
             # A resumed fit: Lightning asks for the loader right before it iterates the first resumed epoch,
             # so the random state saved at the end of the last finished epoch is put back here.
-            restore_random_state(self._resume_state, self._train_generator, self.train_set.generator)
+            restore_random_state(self._resume_state, self._train_generator, getattr(self.train_set, "generator", None))
             self._resume_state = None
         return DataLoader(
             self.train_set, batch_size=self.batch_size, shuffle=True, generator=self._train_generator, num_workers=0,
@@ -228,7 +258,7 @@ class LOSODataModule(pl.LightningDataModule):
         path, dropout) are all made: a fold resumed from one continues with the draws the uninterrupted run
         makes, so it ends with the same model.
         """
-        return capture_random_state(self._train_generator, self.train_set.generator)
+        return capture_random_state(self._train_generator, getattr(self.train_set, "generator", None))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Keep a checkpoint's random state until :meth:`train_dataloader` builds the loader it belongs to."""

@@ -25,6 +25,11 @@ Every stage reads clips through :func:`read_sample_table`. The reader is generic
   names in class-index order. Corpus configs keep several class sets in ``class_sets`` and pick one with
   ``class_set`` (``classes``/``class_map`` interpolate the chosen one); likewise ``layout``/``layouts`` and
   ``sheet_version``/``sheet_files``. An unknown choice is reported with the available ones;
+* ``sheet_files`` (corpora whose sheet exists in several versions or under several names): version -> file name,
+  in order of preference; ``annotation`` interpolates ``sheet_files[sheet_version]``. ``sheet_version: auto`` reads
+  the first of them that is in ``root`` (:func:`resolve_sheet`); a named version is read or fails.
+  ``sheet_notes`` (optional): version -> what reading that sheet means, logged when it is used (not hashed into the
+  cache key: it changes no number);
 * ``apex_policy``: what to do with a missing apex (CASME II has ``/``, SAMM ``-1``, SMIC none at all): ``middle``
   (the recorded frame nearest to (onset + offset) / 2, warn), ``drop`` (reject the clip) or ``max_flow`` (the frame
   that moved most from onset by optical flow, global motion removed; warn). Every use is a :class:`Problem` naming
@@ -62,6 +67,10 @@ OPTIONAL_FIELDS = ("apex", "aus")
 TEMPLATE_FIELDS = ("subject", "clip", "emotion", "onset", "offset")
 #: Config keys that choose one entry of another key (``class_set: casme2_5class`` picks ``class_sets.casme2_5class``).
 SELECTORS = {"class_set": "class_sets", "layout": "layouts", "sheet_version": "sheet_files"}
+#: ``sheet_version`` that reads the first of ``sheet_files`` present in ``root``.
+AUTO_SHEET = "auto"
+#: At most this many of a folder's entries are listed in an error message.
+LISTED_ENTRIES = 20
 
 # An AU token: an optional laterality / side prefix (L, R, B, T, U), the AU number, an optional intensity (A-E).
 _AU_TOKEN = re.compile(r"(?:[LRBTU])?(\d+)[A-E]?", re.IGNORECASE)
@@ -85,6 +94,11 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{'error' if self.fatal else 'warning'}: {self.message}"
+
+
+class SheetNotFoundError(FileNotFoundError):
+    """The coding sheet a dataset config names is not on disk; the message says what the root holds instead and
+    which key to set (entry points print it without a traceback)."""
 
 
 class AnnotationError(ValueError):
@@ -287,9 +301,124 @@ def check_dataset_config(dataset_cfg: Mapping[str, Any]) -> None:
     for selector, table in SELECTORS.items():
         choice = dataset_cfg.get(selector)
         options = dataset_cfg.get(table)
-        if choice is not None and options is not None and str(choice) not in options:
+        if options is None or choice is None:
+            continue
+        if selector == "sheet_version":  # in order of preference, as auto tries them
+            if str(choice) != AUTO_SHEET and str(choice) not in options:
+                raise ValueError(f"{_full_key(dataset_cfg, selector)}={choice!r} is not one of "
+                                 f"{[AUTO_SHEET] + [str(k) for k in options]} ({_full_key(dataset_cfg, table)})")
+        elif str(choice) not in options:
             raise ValueError(f"{_full_key(dataset_cfg, selector)}={choice!r} is not one of "
                              f"{sorted(str(k) for k in options)} ({_full_key(dataset_cfg, table)})")
+
+
+# ------------------------------------------------------------------------------------ which coding sheet is read
+#: (root, sheet file) pairs already announced in this process: a run resolves the sheet for the cache key and reads
+#: it later, and should say which sheet it uses once.
+_ANNOUNCED: set[tuple[str, str]] = set()
+
+
+def resolve_sheet(dataset_cfg: Any) -> str | None:
+    """Settle ``sheet_version: auto`` to the version whose file is in ``root``, in place.
+
+    The first entry of ``sheet_files`` (in their order of preference) that exists under ``root`` is chosen, and
+    ``sheet_version`` is set to it, so that everything downstream -- ``annotation``, the cache key, the recorded
+    config -- names the sheet actually read. The choice is logged with its ``sheet_notes`` entry, as a warning when
+    a preferred sheet is missing. A named version is left as it is (its file is checked when it is read), so that
+    a pinned config finds its cache without the corpus on disk. Composite configs are resolved source by source.
+    Configs without ``sheet_files``, with ``annotation`` set explicitly, or with no ``root`` yet are left alone.
+
+    Args:
+        dataset_cfg: the ``dataset`` config node (a DictConfig or a plain dict); changed in place.
+
+    Returns:
+        The version chosen here, or None when nothing was resolved.
+
+    Raises:
+        SheetNotFoundError: ``sheet_version: auto`` and none of ``sheet_files`` is in ``root``; the message lists
+            the names tried, what ``root`` holds and the keys to set.
+    """
+    sources = dataset_cfg.get("sources")
+    if sources:
+        for source_cfg in sources.values():
+            resolve_sheet(source_cfg)
+        return None
+    files = dataset_cfg.get("sheet_files")
+    if not files or str(dataset_cfg.get("sheet_version")) != AUTO_SHEET or _annotation_is_explicit(dataset_cfg):
+        return None
+    root = _root_of(dataset_cfg)
+    if root is None:  # check_dataset_config reports it
+        return None
+    candidates = [(str(version), str(name)) for version, name in files.items()]
+    present = [(version, name) for version, name in candidates if (Path(root) / name).is_file()]
+    if not present:
+        raise SheetNotFoundError(
+            f"no coding sheet in {root}: {_full_key(dataset_cfg, 'sheet_version')}={AUTO_SHEET} tried "
+            f"{', '.join(name for _, name in candidates)}; {_listing(Path(root))}. Point "
+            f"{_full_key(dataset_cfg, 'root')} at the folder the corpus was unpacked to, or name the sheet with "
+            f"{_full_key(dataset_cfg, 'annotation')}=<file, relative to the root> (a known version: "
+            f"{_full_key(dataset_cfg, 'sheet_version')}=<{'|'.join(version for version, _ in candidates)}>)")
+    version, name = present[0]
+    missing = [missing_name for _, missing_name in candidates[:candidates.index((version, name))]]
+    dataset_cfg["sheet_version"] = version
+    if not _is_interpolation(dataset_cfg, "annotation"):
+        dataset_cfg["annotation"] = name  # a plain dict: no interpolation follows sheet_version
+    how = (f"{_full_key(dataset_cfg, 'sheet_version')}={AUTO_SHEET} found {name} in {root}"
+           + (f" ({', '.join(missing)} not there)" if missing else "")
+           + f"; pin a sheet with {_full_key(dataset_cfg, 'sheet_version')}=<{'|'.join(v for v, _ in candidates)}>")
+    _announce_sheet(dataset_cfg, version, name, how, logging.WARNING if missing else logging.INFO)
+    return version
+
+
+def _is_interpolation(dataset_cfg: Any, key: str) -> bool:
+    from omegaconf import DictConfig, OmegaConf
+
+    return isinstance(dataset_cfg, DictConfig) and key in dataset_cfg and OmegaConf.is_interpolation(dataset_cfg, key)
+
+
+def _annotation_is_explicit(dataset_cfg: Any) -> bool:
+    """True when ``annotation`` names a file itself (a user's ``dataset.annotation=...``) rather than following
+    ``sheet_version``."""
+    if _is_interpolation(dataset_cfg, "annotation"):
+        return False
+    return dataset_cfg.get("annotation") is not None
+
+
+def _announce_sheet(dataset_cfg: Any, version: str | None, name: str, how: str, level: int = logging.INFO) -> None:
+    """Log, once per process and sheet, which sheet a dataset reads and what that means (``sheet_notes``)."""
+    root = str(_root_of(dataset_cfg))
+    if (root, name) in _ANNOUNCED:
+        return
+    _ANNOUNCED.add((root, name))
+    note = (dataset_cfg.get("sheet_notes") or {}).get(version) if version is not None else None
+    log.log(level, "%s: coding sheet %s (sheet_version %s): %s%s", dataset_cfg.get("name") or Path(root).name,
+            name, version, how, f". {note}" if note else "")
+
+
+def _listing(folder: Path, limit: int = LISTED_ENTRIES) -> str:
+    """``"<folder> holds: a/, b.xlsx, ..."``: its top-level entries (folders with a slash), at most ``limit``."""
+    if not folder.is_dir():
+        return f"{folder} does not exist" if not folder.exists() else f"{folder} is not a folder"
+    entries = sorted(f"{entry.name}/" if entry.is_dir() else entry.name for entry in folder.iterdir())
+    if not entries:
+        return f"{folder} is empty"
+    shown = ", ".join(entries[:limit]) + (f", ... ({len(entries) - limit} more)" if len(entries) > limit else "")
+    return f"{folder} holds: {shown}"
+
+
+def _missing_sheet_message(dataset_cfg: Any, root: Path, sheet_path: Path) -> str:
+    """Why ``annotation`` names no file, what ``root`` holds instead, and which key to set."""
+    files = dataset_cfg.get("sheet_files")
+    version = dataset_cfg.get("sheet_version")
+    if files and version is not None and not _annotation_is_explicit(dataset_cfg):
+        others = [f"{name} ({other})" for other, name in files.items()
+                  if str(other) != str(version) and (root / str(name)).is_file()]
+        instead = (f"; found instead {', '.join(others)}: set {_full_key(dataset_cfg, 'sheet_version')} to its "
+                   f"version or to {AUTO_SHEET}") if others else ""
+        return (f"{_full_key(dataset_cfg, 'sheet_version')}={version} selects the coding sheet {sheet_path.name}, "
+                f"which is not in {root}{instead}; {_listing(root)}")
+    return (f"annotation sheet {sheet_path} does not exist ({_full_key(dataset_cfg, 'root')} / "
+            f"{_full_key(dataset_cfg, 'annotation')}); {_listing(root)}")
 
 
 def _root_of(dataset_cfg: Mapping[str, Any]) -> str | None:
@@ -387,13 +516,14 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     Raises:
         AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
             or when the sheet lacks a configured column.
-        FileNotFoundError: the annotation sheet does not exist.
+        SheetNotFoundError: the annotation sheet does not exist (the message lists what ``root`` holds).
         ValueError: an unknown ``on_error`` or ``apex_policy``, a ``class_map`` naming a class not in ``classes``,
             no ``root``, or a ``class_set``/``layout``/``sheet_version`` naming no entry.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     check_dataset_config(dataset_cfg)
+    resolve_sheet(dataset_cfg)
     if dataset_cfg.get("sources"):
         from mer.data.corpora import read_composite
 
@@ -404,7 +534,11 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     if dataset_cfg.get("annotation"):
         sheet_path = root / str(dataset_cfg["annotation"])
         if not sheet_path.is_file():
-            raise FileNotFoundError(f"annotation sheet {sheet_path} does not exist (dataset.root / dataset.annotation)")
+            raise SheetNotFoundError(_missing_sheet_message(dataset_cfg, root, sheet_path))
+        if dataset_cfg.get("sheet_files"):
+            version = None if _annotation_is_explicit(dataset_cfg) else str(dataset_cfg.get("sheet_version"))
+            _announce_sheet(dataset_cfg, version, sheet_path.name,
+                            f"set by {_full_key(dataset_cfg, 'annotation' if version is None else 'sheet_version')}")
         settings = _Settings.from_config(dataset_cfg, sheet_path.name)
         header_row = int(dataset_cfg.get("header_row") or 0)
         rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))

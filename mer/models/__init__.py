@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
@@ -10,31 +11,88 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mer.models.dual_inception import DualInception
 from mer.models.layered_relations import LayeredRelationsNet
+from mer.models.linear_probe import LinearProbe
+from mer.models.off_apexnet import OffApexNet
+from mer.models.ststnet import STSTNet
 
-__all__ = ["ARCHITECTURES", "LayeredRelationsNet", "build_model"]
+__all__ = [
+    "ARCHITECTURES", "INPUTS", "DualInception", "LayeredRelationsNet", "LinearProbe", "OffApexNet", "STSTNet",
+    "build_model", "check_model_input", "count_parameters", "roi_input_shape",
+]
 
 # Config keys that describe the run, not the network's constructor arguments.
 _DESCRIPTIVE_KEYS = ("name", "architecture")
 
-# Constructor arguments that come from the data (ROI set, frames, classes, fold), never from the config.
-_DATA_ARGUMENTS = ("region_sizes", "num_paths", "num_classes", "in_channels", "au_adjacency")
+# Config keys the builder itself reads (never passed to a constructor): the ROI patch side, from
+# which a network that takes any input (the linear probe) derives its input shape on ROI patches.
+_BUILDER_KEYS = ("roi_patch_size",)
+
+# Constructor arguments that come from the data (ROI set, frames, classes, fold, input shape), never from the config.
+_DATA_ARGUMENTS = ("region_sizes", "num_paths", "num_classes", "in_channels", "au_adjacency", "input_shape")
 
 # architecture name -> network class; every class takes the data-derived keyword arguments of
-# build_model plus the remaining config keys.
+# build_model that its signature names, plus the remaining config keys.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "layered_relations": LayeredRelationsNet,
+    "ststnet": STSTNet,
+    "off_apexnet": OffApexNet,
+    "dual_inception": DualInception,
+    "linear_probe": LinearProbe,
 }
+
+# architecture name -> the input it reads: ROI patches (B, N, R, C, p, p), a flow image (B, C, S, S), or either.
+INPUTS: dict[str, str] = {
+    "layered_relations": "roi_patches",
+    "ststnet": "flow_image",
+    "off_apexnet": "flow_image",
+    "dual_inception": "flow_image",
+    "linear_probe": "any",
+}
+
+
+def roi_input_shape(region_sizes: Sequence[int], num_paths: int, in_channels: int, patch_size: int) -> tuple[int, ...]:
+    """One sample's shape in the ROI-patch representation: ``(N, R, C, p, p)``, R = the sum of the region sizes."""
+    return (int(num_paths), int(sum(region_sizes)), int(in_channels), int(patch_size), int(patch_size))
+
+
+def check_model_input(model_cfg: DictConfig | Mapping[str, Any], representation: str) -> None:
+    """Fail before any work when a model cannot read the cache's representation.
+
+    Args:
+        model_cfg: The ``model`` config node.
+        representation: ``roi_patches`` or ``flow_image`` (``representation.name``).
+
+    Raises:
+        ConfigError: E.g. ``model=ststnet`` on ROI patches, naming the override that fixes it.
+    """
+    from mer.preprocess.errors import ConfigError
+
+    architecture = str(model_cfg.get("architecture", model_cfg.get("name")))
+    if architecture not in INPUTS:
+        raise ConfigError(f"unknown model architecture {architecture!r}; known: {sorted(INPUTS)}")
+    reads = INPUTS[architecture]
+    if reads not in ("any", representation):
+        raise ConfigError(f"model={model_cfg.get('name', architecture)} reads {reads.replace('_', ' ')}s but the "
+                          f"data is {representation.replace('_', ' ')}: add representation={reads} (or use its "
+                          f"recipe, experiment=bench/{architecture})")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (``requires_grad``), each shared tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def build_model(
     model_cfg: DictConfig | Mapping[str, Any],
     *,
-    region_sizes: Sequence[int],
-    num_paths: int,
     num_classes: int,
-    in_channels: int,
-    au_adjacency: torch.Tensor | np.ndarray,
+    region_sizes: Sequence[int] | None = None,
+    num_paths: int | None = None,
+    in_channels: int | None = None,
+    au_adjacency: torch.Tensor | np.ndarray | None = None,
+    input_shape: Sequence[int] | None = None,
 ) -> nn.Module:
     """Build the network a ``conf/model/*.yaml`` config describes.
 
@@ -42,19 +100,31 @@ def build_model(
     ``no_joint_layer``); every other key is passed to the constructor, so a misspelt key is an error
     rather than silently ignored.
 
+    What the data must supply depends on the input the architecture reads (:data:`INPUTS`):
+
+    - ROI patches (``layered_relations``): ``region_sizes``, ``num_paths``, ``in_channels`` and
+      ``au_adjacency``, as before.
+    - a flow image (``ststnet``, ``off_apexnet``, ``dual_inception``): ``input_shape = (C, S, S)``,
+      one sample's shape.
+    - either (``linear_probe``): ``input_shape`` when given; otherwise the ROI-patch shape
+      ``(N, R, C, p, p)`` from ``num_paths``, ``region_sizes``, ``in_channels`` and the config's
+      ``roi_patch_size``.
+
     Args:
         model_cfg: The ``model`` node of the Hydra config (DictConfig or dict).
+        num_classes: Number of classes.
         region_sizes: ROIs per region, in token order (from the ROI config), e.g. ``[10, 20]``.
         num_paths: N, the number of paths per sample.
-        num_classes: Number of classes.
         in_channels: Channels per ROI patch (C).
         au_adjacency: ``(K, K)`` AU co-occurrence matrix of the fold (training subjects only).
+        input_shape: One sample's shape without the batch axis, e.g. ``(3, 28, 28)`` for a flow image.
 
     Returns:
-        A module mapping patches ``(B, N, R, C, p, p)`` to logits ``(B, num_classes)``.
+        A module mapping a batch ``(B, *sample shape)`` to logits ``(B, num_classes)``.
 
     Raises:
-        ValueError: If the architecture is unknown or a config key is not an argument of the network.
+        ValueError: If the architecture is unknown, a config key is not an argument of the network,
+            or the data arguments the architecture needs are missing.
     """
     cfg = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
     if "defaults" in cfg:
@@ -68,19 +138,56 @@ def build_model(
             f"model config {cfg.get('name')!r}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}"
         )
     network = ARCHITECTURES[architecture]
-    kwargs = {key: value for key, value in cfg.items() if key not in _DESCRIPTIVE_KEYS}
-    accepted = set(inspect.signature(network).parameters) - set(_DATA_ARGUMENTS)
+    builder_settings = {key: cfg[key] for key in _BUILDER_KEYS if key in cfg}
+    if builder_settings and INPUTS[architecture] != "any":
+        raise ValueError(
+            f"model config {cfg.get('name')!r}: {sorted(builder_settings)} only apply to architectures that take "
+            f"either input (linear_probe), not to {architecture!r}"
+        )
+    kwargs = {key: value for key, value in cfg.items() if key not in _DESCRIPTIVE_KEYS + _BUILDER_KEYS}
+    parameters = set(inspect.signature(network).parameters)
+    accepted = parameters - set(_DATA_ARGUMENTS)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise ValueError(
             f"model config {cfg.get('name')!r}: keys {unknown} are not settings of {architecture!r}; "
             f"known: {sorted(accepted)}"
         )
-    return network(
-        region_sizes=list(region_sizes),
-        num_paths=int(num_paths),
-        num_classes=int(num_classes),
-        in_channels=int(in_channels),
-        au_adjacency=au_adjacency,
-        **kwargs,
+    data = _data_arguments(
+        architecture, cfg.get("name"), builder_settings, num_classes=num_classes, region_sizes=region_sizes,
+        num_paths=num_paths, in_channels=in_channels, au_adjacency=au_adjacency, input_shape=input_shape,
     )
+    return network(**{key: value for key, value in data.items() if key in parameters}, **kwargs)
+
+
+def _data_arguments(architecture: str, name: Any, builder_settings: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """The data-derived constructor arguments of ``architecture``, checked for presence."""
+    kind = INPUTS[architecture]
+    roi_keys = ("region_sizes", "num_paths", "in_channels")
+    data: dict[str, Any] = {"num_classes": int(given["num_classes"])}
+    if kind == "roi_patches":
+        missing = [key for key in (*roi_keys, "au_adjacency") if given[key] is None]
+        if missing:
+            raise ValueError(
+                f"model {name!r} ({architecture}) reads ROI patches (B, N, R, C, p, p) and needs {missing} "
+                "from the data"
+            )
+        data.update(region_sizes=list(given["region_sizes"]), num_paths=int(given["num_paths"]),
+                    in_channels=int(given["in_channels"]), au_adjacency=given["au_adjacency"])
+        return data
+    shape = given["input_shape"]
+    if shape is None and kind == "any" and all(given[key] is not None for key in roi_keys):
+        if "roi_patch_size" not in builder_settings:
+            raise ValueError(f"model {name!r} ({architecture}): ROI patches need `roi_patch_size` in the model config")
+        shape = roi_input_shape(given["region_sizes"], given["num_paths"], given["in_channels"],
+                                builder_settings["roi_patch_size"])
+    if shape is None:
+        what = "a flow image (B, C, S, S)" if kind == "flow_image" else "any input"
+        raise ValueError(
+            f"model {name!r} ({architecture}) reads {what}: build_model needs input_shape, one sample's shape "
+            "(representation=flow_image)"
+        )
+    data["input_shape"] = tuple(int(s) for s in shape)
+    if math.prod(data["input_shape"]) < 1:
+        raise ValueError(f"model {name!r} ({architecture}): empty input shape {data['input_shape']}")
+    return data

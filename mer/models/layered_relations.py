@@ -10,7 +10,7 @@ Input: one sample is N paths (onset -> frame k, k = 1..N), each a stack of R ROI
   scores are ``s_n = LayerNorm_n(f_n G_n^T)``; the N score vectors are concatenated, normalised and
   classified by a linear layer.
 
-See ``DESIGN.md`` section 1, step 5, for the sizes and the published parameter count.
+See ``docs/design.md`` §1.8 for the sizes and the published parameter count.
 """
 from __future__ import annotations
 

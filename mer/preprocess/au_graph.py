@@ -1,4 +1,4 @@
-"""Action-unit co-occurrence graphs, one per leave-one-subject-out fold (DESIGN §1.4).
+"""Action-unit co-occurrence graphs, one per leave-one-subject-out fold (docs/design.md §1.7).
 
 ``A[i, j] = P(AU_j | AU_i)``: among the clips showing AU i, the fraction that also shows AU j. Each fold's
 graph is counted over that fold's training subjects only, so the test subject's labels never reach it.

@@ -5,7 +5,8 @@ preprocessing setting that can change a number in it. It holds::
 
     manifest.json      written LAST: only a directory with a manifest is complete
     samples.csv        the accepted clips (the sample table), row i <-> patches[i]
-    patches.npy        float32 (clips, A, N, R, C, 7, 7), memory-mappable
+    patches.npy        the model inputs, float32, memory-mappable: (clips, A, N, R, C, 7, 7) ROI patches, or
+                       (clips, C, S, S) flow images (manifest "representation": flow_image)
     landmarks.npy      float32 (clips, 68, 2), (x, y) in motion-map pixels
     rejected.csv       clips that could not be used, and why
     config.yaml        the resolved preprocessing config
@@ -36,13 +37,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 #: Bumped whenever the meaning of a cache's contents changes, so old caches are never misread.
-CACHE_VERSION = 2  # 2: lagrangian maps encode the output motion (1 + alpha) * flow
+CACHE_VERSION = 3  # 2: lagrangian maps encode the output motion (1 + alpha) * flow; 3: the stabilize group
 
 #: Config nodes that decide what the cache contains.
-HASHED_NODES = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "preprocess")
+HASHED_NODES = ("dataset", "representation", "frames", "rois", "interpolation", "magnification", "motion", "stabilize",
+                "preprocess")
 #: Keys that change how a run goes, not what it produces.
 UNHASHED_KEYS = {
-    "dataset": ("generate_if_missing",),
+    "dataset": ("generate_if_missing", "sheet_notes"),
     "preprocess": ("workers", "on_error", "rebuild"),
 }
 
@@ -92,12 +94,23 @@ def preprocessing_settings(cfg: DictConfig) -> dict[str, Any]:
 
     Returns:
         A plain dict of the hashed nodes, with run-only keys removed.
+
+    Raises:
+        SheetNotFoundError: ``dataset.sheet_version: auto`` finds no coding sheet (:func:`mer.data.samples.resolve_sheet`).
     """
+    from mer.data.samples import resolve_sheet
+
+    # `sheet_version: auto` becomes the version found on disk first (in cfg itself, so that the recorded config
+    # says so too): caches of different sheets never share a key.
+    resolve_sheet(cfg.dataset)
     settings = {}
     for node in HASHED_NODES:
         value = OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node]
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if k not in UNHASHED_KEYS.get(node, ())}
+            if node == "dataset" and isinstance(value.get("sources"), dict):  # a composite's sources alike
+                value["sources"] = {name: {k: v for k, v in source.items() if k not in UNHASHED_KEYS["dataset"]}
+                                    for name, source in value["sources"].items()}
         settings[node] = value
     if isinstance(settings["dataset"], dict) and settings["dataset"].get("root") is not None:
         settings["dataset"]["root"] = str(Path(settings["dataset"]["root"]).expanduser().resolve())
@@ -232,7 +245,7 @@ class Cache:
         directory: Where it lives.
         manifest: The parsed ``manifest.json``.
         samples: The sample table of the accepted clips; row i describes ``patches[i]``.
-        patches: float32 array (clips, A, N, R, C, 7, 7).
+        patches: float32 array (clips, A, N, R, C, 7, 7) of ROI patches, or (clips, C, S, S) of flow images.
         landmarks: float32 array (clips, 68, 2).
     """
 
@@ -241,6 +254,11 @@ class Cache:
     samples: pd.DataFrame
     patches: np.ndarray
     landmarks: np.ndarray
+
+    @property
+    def representation(self) -> str:
+        """``roi_patches`` or ``flow_image`` (a cache written before flow images holds ROI patches)."""
+        return str(self.manifest.get("representation", "roi_patches"))
 
     @property
     def subjects(self) -> list[str]:

@@ -1,8 +1,9 @@
 """One clip through every preprocessing stage: frames -> face crop -> N + 1 frames -> magnified motion maps ->
-landmarks -> ROI patches (DESIGN §1, steps 1-3)."""
+landmarks -> ROI patches (docs/design.md §1.2-§1.6)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ import cv2
 import numpy as np
 
 from mer.preprocess.errors import ClipError, ConfigError
+from mer.preprocess.flow_image import FlowImageSpec, flow_image, representation_name
 from mer.preprocess.face import CropBox, FaceBox, box_in_crop, crop_box, crop_frames, find_face, landmarks
 from mer.preprocess.interpolate import (
     WHOLE_SEGMENT,
@@ -26,6 +28,7 @@ from mer.preprocess.interpolate import (
 from mer.preprocess.magnify import Magnifier, get_magnifier, validate_magnification
 from mer.preprocess.motion import MotionSpec
 from mer.preprocess.rois import RoiSet, extract_patches, roi_indices
+from mer.preprocess.stabilize import Stabilization, register_frames
 
 
 @dataclass
@@ -33,17 +36,21 @@ class ClipResult:
     """What preprocessing keeps of one clip.
 
     Attributes:
-        patches: ``(A, N, R, C, P, P)`` float32: per alpha, path, ROI and map channel, a ``P x P`` patch.
-        landmarks: ``(68, 2)`` float32 ``(x, y)`` in motion-map pixels (the ROI centres are
+        patches: The model input. ROI patches: ``(A, N, R, C, P, P)`` float32, per alpha, path, ROI and map
+            channel a ``P x P`` patch. Flow image (``representation=flow_image``): ``(C, s, s)``.
+        landmarks: ``(68, 2)`` float32 ``(x, y)`` in motion-map (or flow-image) pixels (the ROI centres are
             ``landmarks[roi_indices(cfg.rois).indices]``).
-        timings: Stage name -> seconds (``load``, ``face``, ``interpolate``, ``magnify``, ``landmarks``,
-            ``patches``, ``total``).
+        timings: Stage name -> seconds (``load``, ``face``, ``stabilize``, ``interpolate``, ``magnify``,
+            ``landmarks``, ``patches`` or ``flow``, ``total``).
         onset: ``(S, S, 3)`` float32 onset face crop (S = ``preprocess.face.crop_size``).
-        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha.
-        maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``).
+        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha (flow image: the apex crop).
+        maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``; flow image: the
+            image itself, ``(1, C, s, s)``).
         stamps: ``(N + 1,)`` the time stamps (frame numbers, fractional where interpolated).
         face: The detection the crop was built from, in frame pixels.
         crop: The crop square, in frame pixels.
+        transforms: ``(T, 2, 3)`` the registration of each loaded frame to the onset, in crop pixels
+            (identities when ``stabilize.register=none``; see :func:`mer.preprocess.stabilize.fit_transforms`).
     """
 
     patches: np.ndarray
@@ -55,6 +62,7 @@ class ClipResult:
     stamps: np.ndarray
     face: FaceBox
     crop: CropBox
+    transforms: np.ndarray | None = None
 
     @property
     def magnified_last(self) -> np.ndarray:
@@ -127,6 +135,53 @@ def select_frames(
     return stamps, frames_needed(available, stamps, whole_segment)
 
 
+#: The last bytes of a complete PNG: the IEND chunk (length 0, type, CRC).
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def incomplete_image(data: bytes) -> str | None:
+    """Why an image file's bytes are not a whole image, or ``None`` when they look complete.
+
+    Decoders fill a truncated JPEG with grey rows and only warn on stderr, so truncation is found here, from the
+    container: a JPEG must end with its end-of-image marker (trailing padding allowed), a PNG with its IEND chunk,
+    a BMP must be as long as its header says.
+
+    Args:
+        data: The file's contents.
+    """
+    if not data:
+        return "the file is empty"
+    if data[:2] == b"\xff\xd8":
+        return None if data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return None if data.endswith(_PNG_END) else "truncated PNG (no IEND chunk)"
+    if data[:2] == b"BM" and len(data) >= 6:
+        size = int.from_bytes(data[2:6], "little")
+        return None if len(data) >= size else f"truncated BMP ({len(data)} of {size} bytes)"
+    return None
+
+
+def read_frame(path: Path, number: int | None = None) -> np.ndarray:
+    """One frame as ``(H, W, 3)`` uint8 RGB (``number``, its frame number, names it in errors).
+
+    Raises:
+        ClipError: The file cannot be read, is incomplete (see :func:`incomplete_image`) or cannot be decoded;
+            the message names it.
+    """
+    label = f"frame {number}" if number is not None else "frame"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise ClipError(f"cannot read {label}: {path}: {error.strerror or error}") from None
+    problem = incomplete_image(data)
+    if problem:
+        raise ClipError(f"cannot read {label}: {path}: {problem}; replace the file or drop the clip")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ClipError(f"cannot read {label}: {path} is not an image OpenCV can decode")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def load_frames(frame_paths: Mapping[int, Path], numbers: np.ndarray) -> np.ndarray:
     """Read frames as RGB.
 
@@ -138,19 +193,38 @@ def load_frames(frame_paths: Mapping[int, Path], numbers: np.ndarray) -> np.ndar
         ``(T, H, W, 3)`` uint8.
 
     Raises:
-        ClipError: A file that cannot be read, or frames of different sizes.
+        ClipError: A file that cannot be read, an incomplete image, or frames of different sizes.
     """
-    frames = []
-    for number in numbers:
-        path = frame_paths[int(number)]
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ClipError(f"cannot read frame {number}: {path}")
-        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    frames = [read_frame(frame_paths[int(number)], int(number)) for number in numbers]
     shapes = {frame.shape for frame in frames}
     if len(shapes) > 1:
         raise ClipError(f"frames differ in size: {sorted(shapes)}")
     return np.stack(frames)
+
+
+def check_frame_changes(crops: np.ndarray, names: list[str], limit: float) -> None:
+    """Reject a clip with a frame whose face crop is implausibly far from the onset's.
+
+    Within a clip of a fraction of a second the face changes by a few grey levels on average; a black, blank,
+    noise or foreign frame changes it by tens. Such a frame would make the motion maps measure the difference.
+
+    Args:
+        crops: ``(T, S, S, 3)`` float32 face crops in [0, 1], the onset first.
+        names: How to name each frame in the message.
+        limit: Largest allowed mean absolute difference from the onset crop (``preprocess.max_frame_change``, in
+            [0, 1] units: 0.1 = 25 grey levels).
+
+    Raises:
+        ClipError: Naming the frame, its change and the key to raise.
+    """
+    changes = np.abs(crops[1:] - crops[:1]).mean(axis=(1, 2, 3))
+    worst = int(np.argmax(changes)) if changes.size else 0
+    if changes.size and changes[worst] > limit:
+        raise ClipError(
+            f"frame {names[worst + 1]} differs from the onset {names[0]} by {changes[worst] * 255:.0f} grey levels on "
+            f"average over the face (limit {limit * 255:.0f}: preprocess.max_frame_change={limit}); a black, "
+            "corrupt or foreign frame?"
+        )
 
 
 def _test_alpha_index(magnification_cfg: Mapping[str, Any]) -> int:
@@ -177,6 +251,8 @@ class _Stages:
     interpolate: Interpolator
     whole_segment: bool
     magnify: Magnifier
+    stabilize: Stabilization
+    flow_image: FlowImageSpec | None  # None: the ROI-patch representation
 
 
 def _stages(cfg: Mapping[str, Any]) -> _Stages:
@@ -193,6 +269,13 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
         crop_size = int(face_cfg.get("crop_size", 128))
         motion = MotionSpec.from_config(cfg["motion"], settings.get("map_size", crop_size))
         motion.check_magnification(cfg["magnification"]["name"])
+        representation = cfg.get("representation")
+        flow_spec = None
+        if representation_name(representation) == "flow_image":
+            flow_spec = FlowImageSpec.from_config(representation)
+            if motion.computed_by is not None:
+                raise ConfigError(f"representation=flow_image needs an optical flow; motion={motion.method} is "
+                                  f"{motion.computed_by}'s own representation: choose motion=tvl1_skimage, tvl1, dis ...")
         return _Stages(
             alphas=[float(a) for a in cfg["magnification"]["alphas"]],
             test_index=_test_alpha_index(cfg["magnification"]),
@@ -203,6 +286,8 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
             interpolate=get_interpolator(cfg["interpolation"]),  # registers it first if it lives in its own module
             whole_segment=cfg["interpolation"]["name"] in WHOLE_SEGMENT,
             magnify=get_magnifier(cfg["magnification"]),
+            stabilize=Stabilization.from_config(cfg.get("stabilize")),
+            flow_image=flow_spec,
         )
     except ConfigError:
         raise
@@ -253,40 +338,108 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
         raise error.with_clip(clip_id(sample)) from None
 
 
-def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
-    settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
-    stages = _stages(cfg)
-    crop_size, motion = stages.crop_size, stages.motion
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+@dataclass
+class _FaceCrops:
+    """A clip's loaded frames as stabilised face crops (what both representations start from)."""
 
+    stamps: np.ndarray
+    numbers: np.ndarray
+    crops: np.ndarray  # (T, S, S, 3) float32, onset first
+    face: FaceBox
+    box: CropBox
+    face_in_crop: FaceBox
+    transforms: np.ndarray  # (T, 2, 3)
+    motion: MotionSpec  # with the clip's global-motion region when that removal is on
+
+
+def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any], stages: _Stages,
+                timings: dict[str, float], paths: int) -> _FaceCrops:
+    """Load the frames ``paths`` stamps need, find the face on the onset, crop, check and stabilise them."""
+    settings, face_cfg = cfg["preprocess"], cfg["preprocess"]["face"]
     with _timed(timings, "load"):
         available = np.array(sorted(int(n) for n in frame_paths), dtype=np.int64)
         stamps, numbers = select_frames(
-            sample, available, int(cfg["frames"]), settings.get("span", "apex"),
-            bool(settings.get("allow_frame_gaps", False)), stages.whole_segment,
+            sample, available, paths, settings.get("span", "apex"), bool(settings.get("allow_frame_gaps", False)),
+            stages.whole_segment,
         )
         frames = load_frames(frame_paths, numbers)
 
     with _timed(timings, "face"):
-        # The loaded frames are ascending from the onset, so the onset is searched first.
-        face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)))
+        # The loaded frames are ascending from the onset: the face is detected on the onset.
+        names = [Path(frame_paths[int(number)]).name for number in numbers]
+        face = find_face(list(frames), int(face_cfg.get("upsample_retry", 1)), float(face_cfg.get("min_score", 0.0)),
+                         names)
         box = crop_box(face, frames.shape[1:], float(face_cfg.get("margin", 0.25)))
-        crops = crop_frames(frames, box, crop_size)
+        crops = crop_frames(frames, box, stages.crop_size)
+        check_frame_changes(crops, names, float(settings.get("max_frame_change", 0.1)))
+        face_in_crop = box_in_crop(face, box, stages.crop_size)
+
+    motion = stages.motion
+    with _timed(timings, "stabilize"):
+        transforms = np.tile(np.eye(2, 3, dtype=np.float32), (len(crops), 1, 1))
+        if stages.stabilize.active:
+            # The stable part of the face, on the onset crop: not the background, which does not move with the
+            # head, nor the brows and mouth, which the expression moves.
+            points = landmarks(crops[0], face_in_crop, face_cfg.get("predictor"))
+            region = stages.stabilize.region(points, crops.shape[1:])
+            crops, transforms = register_frames(crops, stages.stabilize, region)
+            if stages.stabilize.remove_global_motion != "none" and motion.computed_by is None:
+                motion = dataclasses.replace(motion, global_motion=stages.stabilize.remove_global_motion, region=region)
+    return _FaceCrops(stamps, numbers, crops, face, box, face_in_crop, transforms, motion)
+
+
+def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
+    stages = _stages(cfg)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if stages.flow_image is not None:
+        result = _flow_image_clip(sample, frame_paths, cfg, stages, timings)
+    else:
+        result = _roi_patch_clip(sample, frame_paths, cfg, stages, timings)
+    timings["total"] = time.perf_counter() - start
+    return result
+
+
+def _flow_image_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
+                     stages: _Stages, timings: dict[str, float]) -> ClipResult:
+    """The onset -> apex flow image (``representation=flow_image``); no interpolation, no magnification."""
+    face_cfg = cfg["preprocess"]["face"]
+    # One path: the stamps are the onset and the span's end (the apex by default), both recorded frames.
+    clip = _face_crops(sample, frame_paths, cfg, stages, timings, paths=1)
+    onset, apex = clip.crops[0], clip.crops[-1]
+    with _timed(timings, "flow"):
+        flow = clip.motion.flows(onset, apex[None])[0]  # (S, S, 2) crop pixels
+        image = flow_image(flow, stages.flow_image)  # (C, s, s)
+    with _timed(timings, "landmarks"):
+        points = landmarks(onset, clip.face_in_crop, face_cfg.get("predictor"))
+        points = (points + 0.5) * np.float32(stages.flow_image.size / stages.crop_size) - 0.5
+    return ClipResult(
+        patches=image, landmarks=points.astype(np.float32), timings=timings, onset=onset.copy(),
+        magnified=apex[None].copy(), maps=image[None].copy(), stamps=clip.stamps, face=clip.face, crop=clip.box,
+        transforms=clip.transforms,
+    )
+
+
+def _roi_patch_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
+                    stages: _Stages, timings: dict[str, float]) -> ClipResult:
+    """The paper's ROI patches of N magnified motion maps (``representation=roi_patches``)."""
+    face_cfg = cfg["preprocess"]["face"]
+    clip = _face_crops(sample, frame_paths, cfg, stages, timings, paths=int(cfg["frames"]))
+    motion = clip.motion
 
     with _timed(timings, "interpolate"):
-        selected = stages.interpolate(crops, numbers, stamps)  # (N + 1, S, S, 3), frame 0 = the onset crop
+        selected = stages.interpolate(clip.crops, clip.numbers, clip.stamps)  # (N + 1, S, S, 3), 0 = the onset
 
     with _timed(timings, "magnify"):
         magnified = stages.magnify(selected[0], selected[1:], stages.alphas, motion)
 
     with _timed(timings, "landmarks"):
         landmark_image = selected[0] if stages.landmarks_on == "onset" else magnified.frames[stages.test_index, -1]
-        points = landmarks(landmark_image, box_in_crop(face, box, crop_size), face_cfg.get("predictor"))
+        points = landmarks(landmark_image, clip.face_in_crop, face_cfg.get("predictor"))
         # Pixel centres map onto pixel centres: crop pixel i covers [i, i + 1) of the crop. (MagNet's stride-2
         # encoder centres its map pixel j on crop pixel 2j rather than 2j + 0.5: a quarter of a map pixel, less
         # than the rounding of patch centres to whole map pixels.)
-        points = (points + 0.5) * np.float32(motion.map_size / crop_size) - 0.5
+        points = (points + 0.5) * np.float32(motion.map_size / stages.crop_size) - 0.5
 
     with _timed(timings, "patches"):
         patches = extract_patches(
@@ -294,7 +447,6 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         )
         patches = np.ascontiguousarray(patches, dtype=np.float32)
 
-    timings["total"] = time.perf_counter() - start
     return ClipResult(
         patches=patches,
         landmarks=points.astype(np.float32),
@@ -302,7 +454,8 @@ def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cf
         onset=selected[0].copy(),
         magnified=np.array(magnified.frames[stages.test_index]),
         maps=np.array(magnified.motion_maps[stages.test_index]),
-        stamps=stamps,
-        face=face,
-        crop=box,
+        stamps=clip.stamps,
+        face=clip.face,
+        crop=clip.box,
+        transforms=clip.transforms,
     )

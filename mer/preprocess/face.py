@@ -105,25 +105,34 @@ def detect_face(image: np.ndarray, upsample: int = 0, min_score: float = 0.0) ->
     return FaceBox(box.left(), box.top(), box.right(), box.bottom(), float(scores[best]))
 
 
-def find_face(frames: Sequence[np.ndarray], upsample_retry: int = 1, min_score: float = 0.0) -> FaceBox:
-    """The face of a clip: searched on its first frame, then with upsampling, then on the other frames.
+def find_face(
+    frames: Sequence[np.ndarray], upsample_retry: int = 1, min_score: float = 0.0, names: Sequence[str] | None = None
+) -> FaceBox:
+    """The face of a clip, detected on its onset frame.
+
+    The crop of the whole clip is cut around this box, so it must come from the onset: a box found on a later
+    frame when the onset is black, noise or another picture would make every motion map measure that difference.
 
     Args:
         frames: ``(H, W, 3)`` images, the onset frame first.
-        upsample_retry: Upsampling levels (1..upsample_retry) to retry each frame with when none is found.
+        upsample_retry: Upsampling levels (1..upsample_retry) to retry the onset with when no face is found.
         min_score: See :func:`detect_face`.
+        names: How error messages name each frame (e.g. its file); default ``frame #i``.
 
     Raises:
-        ClipError: No face in any frame at any level.
+        ClipError: No face on the onset frame at any level; the message says whether another frame has one.
     """
-    for frame in frames:
-        for upsample in range(upsample_retry + 1):
-            face = detect_face(frame, upsample, min_score)
-            if face is not None:
-                return face
+    names = list(names) if names is not None else [f"frame #{i}" for i in range(len(frames))]
+    for upsample in range(upsample_retry + 1):
+        face = detect_face(frames[0], upsample, min_score)
+        if face is not None:
+            return face
+    elsewhere = next((name for frame, name in zip(frames[1:], names[1:]) if detect_face(frame, 0, min_score)), None)
+    hint = (f"; a face is found on {elsewhere}: check the onset frame number and that the onset image is intact"
+            if elsewhere else f" nor on the {len(frames) - 1} other frames loaded")
     raise ClipError(
-        f"no face detected on the onset frame nor on the {len(frames) - 1} other frames loaded "
-        f"(upsampling up to {upsample_retry}, minimum score {min_score})"
+        f"no face detected on the onset frame {names[0]} (upsampling up to {upsample_retry}, minimum score "
+        f"{min_score}){hint}"
     )
 
 

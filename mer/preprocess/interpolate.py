@@ -1,4 +1,4 @@
-"""Frame selection and interpolation (DESIGN §1.1).
+"""Frame selection and interpolation (docs/design.md §1.3).
 
 The N + 1 time stamps run evenly from onset to apex (or offset). A stamp on a recorded frame takes that frame
 exactly; a stamp between two recorded frames is synthesised from its two neighbours by an interpolator.

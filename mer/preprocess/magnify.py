@@ -1,4 +1,4 @@
-"""Motion magnification of onset -> frame k by each amplification factor alpha (DESIGN §1.2).
+"""Motion magnification of onset -> frame k by each amplification factor alpha (docs/design.md §1.4).
 
 A magnifier turns the onset frame and the N later frames into, for every alpha, the magnified frames and
 the motion maps the ROI patches are cut from. It owns the motion maps because they differ per method: the

@@ -25,6 +25,7 @@ import numpy as np
 
 from mer.preprocess.errors import ConfigError
 from mer.preprocess.flow import estimate_flows, resolve_params
+from mer.preprocess.stabilize import GLOBAL_MOTION, remove_global_motion
 
 #: Channel layouts of maps made from optical flow -> C.
 CHANNELS = {"magnitude": 1, "uv_strain": 3}
@@ -103,12 +104,19 @@ class MotionSpec:
         channels: ``magnitude`` or ``uv_strain`` for optical flow; ``shape_mean`` for ``magnet``.
         map_size: Side of the motion maps.
         params: Overrides of the flow method's defaults (``mer.preprocess.flow.DEFAULT_PARAMS``).
+        global_motion: ``none``, or ``median``: subtract from every flow its median over ``region``, the motion
+            of the face as a whole (``stabilize.remove_global_motion``; see :mod:`mer.preprocess.stabilize`).
+        region: Where the global motion is measured, in the pixels of the frames the flow is estimated on (set per
+            clip: the stable region of the face, an ``(H, W)`` mask, or a box ``(x0, y0, x1, y1)``); ``None`` = the
+            whole frame.
     """
 
     method: str = "tvl1"
     channels: str = "magnitude"
     map_size: int = 128
     params: Mapping[str, Any] = field(default_factory=dict)
+    global_motion: str = "none"
+    region: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.channels not in self._layouts:
@@ -118,6 +126,8 @@ class MotionSpec:
             )
         if self.computed_by is None:
             resolve_params(self.method, self.params)  # fail on a bad method or parameter before any clip runs
+        if self.global_motion not in GLOBAL_MOTION:
+            raise ValueError(f"global motion removal must be one of {list(GLOBAL_MOTION)}, got {self.global_motion!r}")
 
     @classmethod
     def from_config(cls, motion_cfg: Mapping[str, Any], map_size: int) -> "MotionSpec":
@@ -159,7 +169,8 @@ class MotionSpec:
             )
 
     def flows(self, reference: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Flows from ``reference`` ``(H, W, 3)`` to each of ``frames`` ``(K, H, W, 3)`` -> ``(K, H, W, 2)``.
+        """Flows from ``reference`` ``(H, W, 3)`` to each of ``frames`` ``(K, H, W, 3)`` -> ``(K, H, W, 2)``,
+        less their global motion when :attr:`global_motion` says so.
 
         Raises:
             ConfigError: A motion computed by a magnifier, which has no optical flow.
@@ -168,7 +179,10 @@ class MotionSpec:
             raise ConfigError(
                 f"motion={self.method} is not an optical flow: only magnification={self.computed_by} computes it"
             )
-        return estimate_flows(reference, frames, self.method, self.params)
+        flows = estimate_flows(reference, frames, self.method, self.params)
+        if self.global_motion == "median":
+            flows = remove_global_motion(flows, self.region)
+        return flows
 
     def maps(self, flows: np.ndarray) -> np.ndarray:
         """Motion maps ``(..., C, map_size, map_size)`` of flows ``(..., H, W, 2)``."""

@@ -20,9 +20,11 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mer.data.samples import AnnotationError, index_frames, read_sample_table
+from mer.preprocess.flow_image import representation_name
 from mer.preprocess.cache import (
     HASHED_NODES,
     MANIFEST,
@@ -213,6 +216,30 @@ def _pool_worker_init() -> None:
     torch.set_num_threads(1)
 
 
+@contextmanager
+def spawn_context() -> Iterator[multiprocessing.context.BaseContext]:
+    """The multiprocessing context of the clip workers: ``spawn``, made safe inside foreign process pools.
+
+    A spawned child re-applies its parent's *global* start method before it unpickles anything
+    (``multiprocessing.spawn.prepare``). Inside a joblib (loky) worker that method is ``"loky"``, a name the
+    fresh child has not registered, so every clip worker died with "cannot find context for 'loky'". While
+    the pool starts its workers, the global start method is therefore set to ``spawn`` when it is not one of
+    the standard methods, and restored afterwards.
+
+    Yields:
+        The ``spawn`` context to give :class:`~concurrent.futures.ProcessPoolExecutor`.
+    """
+    previous = multiprocessing.get_start_method(allow_none=True)
+    foreign = previous is not None and previous not in multiprocessing.get_all_start_methods()
+    if foreign:
+        multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield multiprocessing.get_context("spawn")
+    finally:
+        if foreign:
+            multiprocessing.set_start_method(previous, force=True)
+
+
 def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     """Build the cache for ``cfg`` (a no-op when it is already complete).
 
@@ -274,8 +301,9 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
             _record(_process_one(sample, cfg_container, str(clips_dir), on_error), timings, sample)
             bar.update()
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_pool_worker_init) as pool:
+        with spawn_context() as context, ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_pool_worker_init
+        ) as pool:
             futures = {pool.submit(_process_one, s, cfg_container, str(clips_dir), on_error): s for s in todo}
             try:
                 for future in as_completed(futures):
@@ -345,21 +373,29 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
     write_fold_graphs(kept, out, subjects)
 
     _, region_sizes, region_names = roi_indices(cfg.rois)
-    alphas = [float(a) for a in cfg.magnification.alphas]
-    test_alpha = float(cfg.magnification.test_alpha)
-    if test_alpha not in alphas:
-        raise ValueError(f"magnification.test_alpha {test_alpha} is not one of magnification.alphas {alphas}")
+    representation = representation_name(cfg.get("representation"))
+    if representation == "flow_image":
+        # One onset -> apex flow per clip: no paths, no amplification factors.
+        alphas, test_alpha, frames = [], None, 1
+        axes = ["clip", "channel", "row", "col"]
+    else:
+        alphas = [float(a) for a in cfg.magnification.alphas]
+        test_alpha = float(cfg.magnification.test_alpha)
+        if test_alpha not in alphas:
+            raise ValueError(f"magnification.test_alpha {test_alpha} is not one of magnification.alphas {alphas}")
+        frames, axes = int(cfg.frames), ["clip", "alpha", "path", "roi", "channel", "row", "col"]
     manifest = {
         "cache_version": settings["cache_version"],
         "key": cache_key(cfg),
         "dataset": str(cfg.dataset.name),
+        "representation": representation,
         "clips": int(patch_array.shape[0]),
         "rejected": len(rejected),
         "shape": list(patch_array.shape),
-        "axes": ["clip", "alpha", "path", "roi", "channel", "row", "col"],
+        "axes": axes,
         "alphas": alphas,
         "test_alpha": test_alpha,
-        "frames": int(cfg.frames),
+        "frames": frames,
         "region_names": list(region_names),
         "region_sizes": [int(s) for s in region_sizes],
         "classes": list(cfg.dataset.classes),
