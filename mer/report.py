@@ -351,7 +351,8 @@ def seeds_markdown(summary: dict[str, Any], title: str) -> str:
              "| seed | folds | UF1 | UF1 95 % CI | UAR | UAR 95 % CI | accuracy | accuracy 95 % CI |",
              "|---|---|---|---|---|---|---|---|"]
     for entry in summary["seeds"]:
-        folds = f"{entry['folds_found']}/{entry['folds_expected'] or '?'}" + ("" if entry["complete"] else " INCOMPLETE")
+        folds = f"{entry['folds_found']}/{entry['folds_expected'] or '?'}"
+        folds += "" if entry["complete"] else " INCOMPLETE"
         cells = []
         for name in ("uf1", "uar", "accuracy"):
             value = entry.get(name)
