@@ -86,3 +86,73 @@ def present_class_metrics(labels: Sequence[int], predictions: Sequence[int], num
     recall = true_positive / support[present]
     f1 = 2 * true_positive / (support[present] + confusion.sum(axis=0)[present])
     return {"uf1": float(f1.mean()), "uar": float(recall.mean()), "accuracy": float((y == p).mean()), "clips": int(y.size)}
+
+
+def bootstrap_ci(labels: Sequence[int], predictions: Sequence[int], groups: Sequence, num_classes: int,
+                 resamples: int = 1000, level: float = 0.95, seed: int = 0, max_draws: int = 10) -> dict:
+    """Percentile bootstrap confidence intervals of pooled UF1, UAR and accuracy, resampling whole subjects.
+
+    LOSO's unit of generalisation is the subject, and a subject's clips are not independent, so a resample draws
+    as many subjects as there are, with replacement, pools all their clips (a subject drawn twice counts twice) and
+    recomputes the pooled metrics. A resample in which a class is absent from the labels has undefined UF1/UAR
+    under the pooled protocol (:func:`pooled_metrics` refuses it): it is rejected and drawn again, so the interval
+    is that of the resamples in which every class occurs; ``rejected`` counts them. If more than
+    ``max_draws * resamples`` draws are needed (a class held by one subject or two), the interval is not given.
+
+    Args:
+        labels: True class indices, shape (M,).
+        predictions: Predicted class indices, shape (M,).
+        groups: The resampling unit of each clip (the subject, or (dataset, subject)), shape (M,).
+        num_classes: Size of the class set.
+        resamples: Number of accepted resamples.
+        level: Coverage of the interval.
+        seed: Seed of the resampling (fixed: the same predictions always give the same interval).
+        max_draws: Give up after this many times ``resamples`` draws.
+
+    Returns:
+        ``{"uf1": [low, high] | None, "uar": ..., "accuracy": ..., "level", "resamples", "rejected", "seed",
+        "units", "method"}``.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(predictions, dtype=np.int64)
+    keys = [str(g) for g in groups]  # str: tuples and mixed types sort the same way every time
+    units, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+    count = len(units)
+    per_unit = np.zeros((count, num_classes, num_classes), dtype=np.int64)
+    np.add.at(per_unit, (inverse, y, p), 1)
+    per_unit = per_unit.reshape(count, -1)
+    rng = np.random.default_rng(seed)
+    accepted: list[np.ndarray] = []
+    kept = rejected = drawn = 0
+    while kept < resamples and drawn < max_draws * resamples:
+        batch = resamples - kept
+        picks = rng.integers(0, count, size=(batch, count))
+        multiplicity = np.zeros((batch, count), dtype=np.int64)
+        np.add.at(multiplicity, (np.arange(batch)[:, None], picks), 1)
+        confusion = (multiplicity @ per_unit).reshape(batch, num_classes, num_classes)
+        support = confusion.sum(axis=2)
+        complete = (support > 0).all(axis=1)
+        drawn += batch
+        rejected += int((~complete).sum())
+        confusion, support = confusion[complete], support[complete]
+        true_positive = np.diagonal(confusion, axis1=1, axis2=2).astype(np.float64)
+        predicted = confusion.sum(axis=1)
+        scores = np.stack([
+            (2 * true_positive / (support + predicted)).mean(axis=1),
+            (true_positive / support).mean(axis=1),
+            true_positive.sum(axis=1) / support.sum(axis=1),
+        ], axis=1)
+        accepted.append(scores)
+        kept += len(scores)
+    result: dict = {"level": level, "resamples": resamples, "rejected": rejected, "seed": seed, "units": count,
+                    "method": "percentile bootstrap over subjects"}
+    if kept < resamples:
+        result.update({"uf1": None, "uar": None, "accuracy": None,
+                       "note": f"only {kept} of {drawn} resamples held every class"})
+        return result
+    scores = np.concatenate(accepted)[:resamples]
+    tail = 100 * (1 - level) / 2
+    for column, name in enumerate(("uf1", "uar", "accuracy")):
+        low, high = np.percentile(scores[:, column], [tail, 100 - tail])
+        result[name] = [float(low), float(high)]
+    return result

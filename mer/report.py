@@ -18,12 +18,17 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mer.metrics import pooled_metrics, present_class_metrics
+from mer.metrics import bootstrap_ci, pooled_metrics, present_class_metrics
 from mer.preprocess.cache import atomic_write_text, atomic_writer
 
 log = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["fold", "dataset", "subject", "clip", "label", "prediction"]
+
+#: Resamples and seed of the bootstrap confidence intervals in every summary (fixed, so that the same predictions
+#: always give the same interval).
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
 
 
 def summarise(predictions: pd.DataFrame, class_names: Sequence[str], config: dict | None = None) -> dict[str, Any]:
@@ -35,17 +40,23 @@ def summarise(predictions: pd.DataFrame, class_names: Sequence[str], config: dic
         config: The resolved config to store beside the numbers.
 
     Returns:
-        A JSON-ready dict: ``uf1``, ``uar``, ``accuracy`` (pooled), ``per_class``, ``confusion``,
+        A JSON-ready dict: ``uf1``, ``uar``, ``accuracy`` (pooled), ``ci`` (their 95 % bootstrap confidence
+        intervals over subjects, :func:`mer.metrics.bootstrap_ci`), ``per_class``, ``confusion``,
         ``folds`` (per-fold table), ``fold_mean`` (means of the per-fold scores, labelled as such),
         ``per_dataset`` (when the table mixes source datasets), ``classes``, ``config``.
     """
     overall = pooled_metrics(predictions["label"], predictions["prediction"], class_names)
+    # The resampling unit is the test subject; (dataset, subject) keeps same-named subjects of two corpora apart.
+    units = list(zip(predictions["dataset"].astype(str), predictions["subject"].astype(str)))
+    interval = bootstrap_ci(predictions["label"], predictions["prediction"], units, len(class_names),
+                            resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
     folds = []
     for fold, group in predictions.groupby("fold", sort=True):
         row = present_class_metrics(group["label"], group["prediction"], len(class_names))
         folds.append({"fold": int(fold), "subject": str(group["subject"].iloc[0]), **row})
     summary: dict[str, Any] = {
         **{k: overall[k] for k in ("uf1", "uar", "accuracy")},
+        "ci": interval,
         "clips": int(len(predictions)),
         "num_folds": len(folds),
         "classes": list(class_names),
@@ -76,11 +87,18 @@ def summary_markdown(summary: dict[str, Any], title: str = "LOSO summary") -> st
         "",
         f"Pooled over {summary['num_folds']} folds, {summary['clips']} clips (MEGC protocol).",
         "",
-        "| metric | pooled | per-fold mean (classes present in the fold) |",
-        "|---|---|---|",
+        f"| metric | pooled | {ci_heading(summary.get('ci'))} | per-fold mean (classes present in the fold) |",
+        "|---|---|---|---|",
     ]
     for key, name in (("uf1", "UF1"), ("uar", "UAR"), ("accuracy", "accuracy")):
-        lines.append(f"| {name} | {summary[key]:.4f} | {summary['fold_mean'][key]:.4f} |")
+        lines.append(f"| {name} | {summary[key]:.4f} | {format_interval((summary.get('ci') or {}).get(key))} | "
+                     f"{summary['fold_mean'][key]:.4f} |")
+    interval = summary.get("ci") or {}
+    if interval.get("note"):
+        lines += ["", f"Bootstrap: {interval['note']}; no interval."]
+    elif interval.get("rejected"):
+        lines += ["", f"Bootstrap: {interval['rejected']} resamples lacking a class were drawn again (the interval "
+                      "is over resamples that hold every class)."]
     lines += ["", "| class | support | recall | F1 |", "|---|---|---|---|"]
     for name, row in summary["per_class"].items():
         lines.append(f"| {name} | {row['support']} | {row['recall']:.4f} | {row['f1']:.4f} |")
@@ -94,6 +112,18 @@ def summary_markdown(summary: dict[str, Any], title: str = "LOSO summary") -> st
             f"| {row['fold']} | {row['subject']} | {row['clips']} | {row['uf1']:.4f} | {row['uar']:.4f} | {row['accuracy']:.4f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def ci_heading(interval: dict[str, Any] | None) -> str:
+    """Column heading of a summary's confidence intervals."""
+    if not interval:
+        return "CI"
+    return f"{round(100 * interval['level'])} % CI (bootstrap over {interval['units']} subjects)"
+
+
+def format_interval(bounds: Sequence[float] | None) -> str:
+    """``[low, high]`` with four decimals, or ``n/a``."""
+    return "n/a" if bounds is None else f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str = "") -> None:
@@ -125,13 +155,16 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 
 def write_summary(
     out_dir: Path, predictions: pd.DataFrame, class_names: Sequence[str], config: dict | None = None,
-    title: str = "LOSO summary",
+    title: str = "LOSO summary", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``summary.json``, ``summary.md``, ``predictions.csv`` and ``confusion.png`` into ``out_dir``."""
+    """Write ``summary.json``, ``summary.md``, ``predictions.csv`` and ``confusion.png`` into ``out_dir``.
+
+    ``extra`` holds more entries for ``summary.json`` (e.g. a sweep's per-seed figures).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions = predictions.sort_values(["fold", "subject", "clip"]).reset_index(drop=True)
-    summary = summarise(predictions, class_names, config)
+    summary = summarise(predictions, class_names, config) | (extra or {})
     atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary, title))
@@ -153,18 +186,32 @@ RUN_ONLY_KEYS = (
 )
 
 
+#: Config keys that replicate a configuration rather than change it: the runs of one configuration that differ
+#: only in these are its replicates (pooled each on its own, then summarised as mean and spread).
+REPLICATE_KEYS = ("seed",)
+
+
+def _matches(key: str, keys: Sequence[str]) -> bool:
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in keys)
+
+
 def is_run_only(key: str) -> bool:
     """Whether a dotted config key (or an override's key, ``+``/``~`` prefixes allowed) is in :data:`RUN_ONLY_KEYS`."""
-    key = key.lstrip("+~")
-    return any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in RUN_ONLY_KEYS)
+    return _matches(key, RUN_ONLY_KEYS)
+
+
+def is_replicate(key: str) -> bool:
+    """Whether a dotted config key (or an override's key) is in :data:`REPLICATE_KEYS` (``seed``)."""
+    return _matches(key, REPLICATE_KEYS)
 
 
 def configuration(config: dict[str, Any]) -> dict[str, Any]:
-    """A resolved config without its :data:`RUN_ONLY_KEYS` (a deep copy)."""
+    """A resolved config without its :data:`RUN_ONLY_KEYS` and :data:`REPLICATE_KEYS` (a deep copy)."""
     import copy
 
     config = copy.deepcopy(config)
-    for dotted in RUN_ONLY_KEYS:
+    for dotted in (*RUN_ONLY_KEYS, *REPLICATE_KEYS):
         *parents, leaf = dotted.split(".")
         node = config
         for part in parents:
@@ -175,14 +222,21 @@ def configuration(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def configuration_key(config: dict[str, Any]) -> str:
-    """Stable 12-hex-digit hash of :func:`configuration` of a resolved config: equal for the jobs of one configuration."""
+    """Stable 12-hex-digit hash of :func:`configuration` of a resolved config: equal for the jobs of one configuration
+    (whatever their fold and seed)."""
     text = json.dumps(configuration(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def configuration_label(overrides: Sequence[str]) -> str:
-    """The command-line overrides that name a configuration (run-only ones dropped), joined by commas."""
-    return ",".join(o for o in overrides if not is_run_only(o.split("=", 1)[0])) or "default"
+    """The command-line overrides that name a configuration (run-only and seed ones dropped), joined by commas."""
+    return ",".join(o for o in overrides if not _names_run(o)) or "default"
+
+
+def _names_run(override: str) -> bool:
+    """Whether an override says how a run went (run-only) or which replicate it is (seed), not what it trains."""
+    key = override.split("=", 1)[0]
+    return is_run_only(key) or is_replicate(key)
 
 
 def wandb_group(experiment_name: str, label: str, key: str) -> str:
@@ -227,27 +281,28 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def _collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Group the job directories of a sweep by configuration, with the fold predictions each one found."""
+    """Group the job directories of a sweep by configuration and, within one, by seed, with the fold predictions
+    each seed's jobs found."""
     groups: dict[str, dict[str, Any]] = {}
     for job_dir in _job_dirs(sweep_dir):
         config = load_job_config(job_dir)
         key = configuration_key(config)
-        overrides = [o for o in _job_overrides(job_dir) if not is_run_only(o.split("=", 1)[0])]
+        overrides = [o for o in _job_overrides(job_dir) if not _names_run(o)]
         group = groups.setdefault(key, {
-            "key": key, "config": config, "overrides": overrides, "fold_files": {}, "expected": set(),
-            "job_dirs": [],
+            "key": key, "config": config, "overrides": overrides, "seeds": {}, "expected": set(), "job_dirs": [],
         })
         group["job_dirs"].append(job_dir)
+        fold_files = group["seeds"].setdefault(config.get("seed"), {})
         for info_file in sorted(job_dir.glob("folds/fold_*/fold.json")):
             info = json.loads(info_file.read_text())
             group["expected"].add(int(info["num_folds"]))
         for fold_file in sorted(job_dir.glob("folds/fold_*/predictions.csv")):
             fold = int(fold_file.parent.name.split("_")[1])
-            if fold in group["fold_files"]:
-                log.warning("fold %d of %s found twice: %s and %s; the first is used",
-                            fold, configuration_label(overrides), group["fold_files"][fold], fold_file)
+            if fold in fold_files:
+                log.warning("fold %d of %s (seed %s) found twice: %s and %s; the first is used",
+                            fold, configuration_label(overrides), config.get("seed"), fold_files[fold], fold_file)
                 continue
-            group["fold_files"][fold] = fold_file
+            fold_files[fold] = fold_file
     return sorted(groups.values(), key=lambda g: (configuration_label(g["overrides"]), g["key"]))
 
 
@@ -264,85 +319,205 @@ def _display_names(groups: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return names, common
 
 
+def seed_statistics(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof = 1) of one figure over seeds; the std is None for one seed."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+            "n": int(len(values))}
+
+
+def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The over-seeds part of a configuration's ``summary.json``.
+
+    Args:
+        per_seed: One entry per seed: ``seed``, ``uf1``, ``uar``, ``accuracy`` (pooled over that seed's folds; None
+            when they could not be pooled), ``ci`` and the seed's fold counts.
+
+    Returns:
+        ``{"num_seeds", "seeds": per_seed, "mean": {uf1, uar, accuracy}, "std": {...}}`` over the seeds that
+        pooled; ``mean``/``std`` are None where none did, ``std`` None with one seed.
+    """
+    scored = [entry for entry in per_seed if entry.get("uf1") is not None]
+    mean, std = {}, {}
+    for name in ("uf1", "uar", "accuracy"):
+        stats = seed_statistics([entry[name] for entry in scored]) if scored else {"mean": None, "std": None}
+        mean[name], std[name] = stats["mean"], stats["std"]
+    return {"num_seeds": len(scored), "seeds": per_seed, "mean": mean, "std": std}
+
+
+def seeds_markdown(summary: dict[str, Any], title: str) -> str:
+    """``summary.md`` of a configuration run with several seeds: one line per seed, then mean +- std."""
+    lines = [f"# {title}", "",
+             f"{summary['num_seeds']} seeds, each pooled over its own folds (MEGC protocol); the per-seed summaries "
+             "are in the seed=<s>/ folders. Confidence intervals: 95 % bootstrap over subjects.", "",
+             "| seed | folds | UF1 | UF1 95 % CI | UAR | UAR 95 % CI | accuracy | accuracy 95 % CI |",
+             "|---|---|---|---|---|---|---|---|"]
+    for entry in summary["seeds"]:
+        folds = f"{entry['folds_found']}/{entry['folds_expected'] or '?'}"
+        folds += "" if entry["complete"] else " INCOMPLETE"
+        cells = []
+        for name in ("uf1", "uar", "accuracy"):
+            value = entry.get(name)
+            cells += ["n/a" if value is None else f"{value:.4f}", format_interval((entry.get("ci") or {}).get(name))]
+        lines.append(f"| {entry['seed']} | {folds} | " + " | ".join(cells) + " |")
+    lines.append("| mean ± std | | " + " | ".join(
+        f"{format_spread(summary['mean'][n], summary['std'][n])} | " for n in ("uf1", "uar", "accuracy")) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def format_spread(mean: float | None, std: float | None) -> str:
+    """``mean ± std`` (just the mean when std is None, ``n/a`` when there is no mean)."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def _read_predictions(files: dict[int, Path]) -> pd.DataFrame:
+    return pd.concat(
+        [pd.read_csv(files[f], dtype={"subject": str, "clip": str, "dataset": str}) for f in sorted(files)],
+        ignore_index=True,
+    )
+
+
 def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> list[dict[str, Any]]:
-    """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration.
+    """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration and seed.
 
     Jobs belong to the same configuration when their resolved configs agree on every key but
-    :data:`RUN_ONLY_KEYS` (``fold`` above all). Writes ``<sweep_dir>/summaries/<configuration>/``
-    (the files of :func:`write_summary`) for each configuration, and ``<sweep_dir>/table.md`` and
-    ``table.json`` comparing them. A configuration with fewer prediction files than its corpus has
+    :data:`RUN_ONLY_KEYS` (``fold`` above all) and :data:`REPLICATE_KEYS` (``seed``). Each seed's folds are pooled
+    on their own; a configuration is then summarised over its seeds (mean and sample std). Writes
+    ``<sweep_dir>/summaries/<configuration>/``: with one seed the files of :func:`write_summary`; with several,
+    those files per seed in ``seed=<s>/`` and a ``summary.json`` / ``summary.md`` over the seeds. Every
+    configuration's ``summary.json`` holds ``seeds`` (per seed: pooled UF1, UAR, accuracy, their bootstrap
+    intervals, folds found), ``num_seeds``, ``mean`` and ``std``. ``<sweep_dir>/table.md`` and ``table.json``
+    compare the configurations. A configuration with a seed that has fewer prediction files than its corpus has
     subjects is flagged INCOMPLETE in both, with the missing folds listed.
 
     Args:
         sweep_dir: A multirun directory (or one run's output directory).
-        wandb_summaries: Also log one wandb summary run per configuration whose jobs used ``logger=wandb``.
+        wandb_summaries: Also log one wandb summary run per configuration (and seed) whose jobs used
+            ``logger=wandb``.
 
     Returns:
-        One row per configuration: ``name``, ``label`` (its overrides), ``key``, ``folds_found``,
-        ``folds_expected`` (None when no fold started), ``missing_folds``, ``complete``, ``uf1``,
-        ``uar``, ``accuracy`` (pooled over the folds found; None when none could be pooled) and
-        ``summary_dir``.
+        One row per configuration: ``name``, ``label`` (its overrides), ``key``, ``seeds`` (the seeds found),
+        ``num_seeds`` (those that pooled), ``folds_found`` (fewest over the seeds), ``folds_expected`` (None when no
+        fold started), ``missing_folds`` (over all seeds), ``missing_by_seed``, ``complete``, ``uf1``, ``uar``,
+        ``accuracy`` (the mean over seeds of each seed's pooled figure: the pooled figure itself with one seed;
+        None when nothing could be pooled), ``uf1_std``, ``uar_std``, ``accuracy_std`` (None with one seed),
+        ``ci`` (the bootstrap intervals; one seed only), ``per_seed`` and ``summary_dir``.
     """
     sweep_dir = Path(sweep_dir)
     groups = _collect(sweep_dir)
     names, common = _display_names(groups)
     rows = []
     for group, name in zip(groups, names):
-        found = sorted(group["fold_files"])
         expected = max(group["expected"]) if group["expected"] else None
-        missing = sorted(set(range(expected)) - set(found)) if expected is not None else []
+        seeds = sorted(group["seeds"], key=lambda seed: (seed is None, str(seed) if seed is None else seed))
+        missing_by_seed = {seed: sorted(set(range(expected)) - set(group["seeds"][seed])) if expected else []
+                           for seed in seeds}
+        found_counts = [len(group["seeds"][seed]) for seed in seeds]
+        complete = expected is not None and not any(missing_by_seed.values()) and bool(seeds)
         row: dict[str, Any] = {
-            "name": name, "label": configuration_label(group["overrides"]), "key": group["key"],
-            "folds_found": len(found), "folds_expected": expected, "missing_folds": missing,
-            "complete": expected is not None and not missing, "uf1": None, "uar": None, "accuracy": None,
-            "summary_dir": None,
+            "name": name, "label": configuration_label(group["overrides"]), "key": group["key"], "seeds": seeds,
+            "num_seeds": 0, "folds_found": min(found_counts) if found_counts else 0, "folds_expected": expected,
+            "missing_folds": sorted(set().union(*missing_by_seed.values())) if seeds else [],
+            "missing_by_seed": {str(seed): missing for seed, missing in missing_by_seed.items() if missing},
+            "complete": complete, "uf1": None, "uar": None, "accuracy": None, "uf1_std": None, "uar_std": None,
+            "accuracy_std": None, "ci": None, "per_seed": [], "summary_dir": None,
         }
         rows.append(row)
-        if not found:
+        if not any(group["seeds"].values()):
             continue
-        predictions = pd.concat(
-            [pd.read_csv(group["fold_files"][f], dtype={"subject": str, "clip": str, "dataset": str}) for f in found],
-            ignore_index=True,
-        )
-        classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
         safe = "".join(ch if ch.isalnum() or ch in "=,._-#" else "_" for ch in name)[:200]
         out = sweep_dir / "summaries" / safe
         row["summary_dir"] = str(out)
-        title = f"{name}: {len(found)}/{expected or '?'} folds"
-        if not row["complete"]:
-            title += f" (INCOMPLETE: missing folds {missing})" if missing else " (INCOMPLETE)"
-        try:
-            summary = write_summary(out, predictions, classes, configuration(group["config"]), title=title)
-        except ValueError as error:  # e.g. a class absent from the folds found so far
-            row["error"] = str(error)
-            continue
-        row.update({k: summary[k] for k in ("uf1", "uar", "accuracy")})
-        if wandb_summaries and "wandb" in (group["config"].get("logger") or {}):
-            config = group["config"]
-            log_summary_to_wandb(
-                summary, out, config["logger"]["wandb"],
-                group=config["logger"]["wandb"].get("group")
-                or wandb_group(str(config.get("experiment_name")), row["label"], group["key"]),
-                name=f"{config.get('experiment_name')}-summary", config=configuration(config),
-                extra={"folds_found": len(found), "folds_expected": expected, "complete": row["complete"]},
-            )
+        several = len(seeds) > 1
+        config = configuration(group["config"])
+        per_seed, summaries = [], {}
+        for seed in seeds:
+            files = group["seeds"][seed]
+            missing = missing_by_seed[seed]
+            entry: dict[str, Any] = {"seed": seed, "folds_found": len(files), "folds_expected": expected,
+                                     "missing_folds": missing, "complete": expected is not None and not missing,
+                                     "uf1": None, "uar": None, "accuracy": None, "ci": None}
+            per_seed.append(entry)
+            if not files:
+                continue
+            predictions = _read_predictions(files)
+            classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+            title = f"{name}" + (f", seed {seed}" if several else "") + f": {len(files)}/{expected or '?'} folds"
+            if not entry["complete"]:
+                title += f" (INCOMPLETE: missing folds {missing})" if missing else " (INCOMPLETE)"
+            try:
+                summary = summarise(predictions, classes, config)  # to catch a missing class before writing
+            except ValueError as error:  # e.g. a class absent from the folds found so far
+                entry["error"] = str(error)
+                continue
+            entry.update({k: summary[k] for k in ("uf1", "uar", "accuracy", "ci")})
+            summaries[seed] = (predictions, classes, title, out / f"seed={seed}" if several else out)
+        over_seeds = seed_summary(per_seed)
+        for seed, (predictions, classes, title, target) in summaries.items():
+            # One seed: its summary is the configuration's, with the per-seed record beside it.
+            summary = write_summary(target, predictions, classes, config, title=title,
+                                    extra=None if several else over_seeds)
+            if wandb_summaries and "wandb" in (group["config"].get("logger") or {}):
+                node = group["config"]["logger"]["wandb"]
+                log_summary_to_wandb(
+                    summary, target, node,
+                    group=node.get("group") or wandb_group(str(group["config"].get("experiment_name")), row["label"],
+                                                           group["key"]),
+                    name=f"{group['config'].get('experiment_name')}-summary" + (f"-seed{seed}" if several else ""),
+                    config=config, extra={"folds_found": len(group["seeds"][seed]), "folds_expected": expected,
+                                          "complete": not missing_by_seed[seed], "seed": seed},
+                )
+        if several:
+            title = f"{name}: {over_seeds['num_seeds']} seeds" + ("" if complete else " (INCOMPLETE)")
+            payload = {**over_seeds, "classes": summaries[next(iter(summaries))][1] if summaries else None,
+                       "num_folds": expected, "complete": complete, "config": config}
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, default=str))
+            atomic_write_text(out / "summary.md", seeds_markdown(payload, title))
+        errors = [f"seed {e['seed']}: {e['error']}" for e in per_seed if "error" in e]
+        if errors:
+            row["error"] = "; ".join(errors)
+        row.update({"num_seeds": over_seeds["num_seeds"], "per_seed": per_seed,
+                    **{k: over_seeds["mean"][k] for k in ("uf1", "uar", "accuracy")},
+                    **{f"{k}_std": over_seeds["std"][k] for k in ("uf1", "uar", "accuracy")},
+                    "ci": per_seed[0]["ci"] if not several else None})
     atomic_write_text(sweep_dir / "table.md", sweep_table(rows, common))
-    atomic_write_text(sweep_dir / "table.json", json.dumps(rows, indent=2))
+    atomic_write_text(sweep_dir / "table.json", json.dumps(rows, indent=2, default=str))
     return rows
 
 
 def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()) -> str:
-    """Markdown comparison of configurations (pooled metrics; incomplete ones flagged)."""
+    """Markdown comparison of configurations; incomplete ones flagged.
+
+    With one seed a cell is the pooled figure and its 95 % bootstrap interval over subjects; with several it is
+    the mean ± sample std over seeds of each seed's pooled figure.
+    """
     lines = []
     if common_overrides:
         lines += [f"Overrides shared by every configuration: `{','.join(common_overrides)}`", ""]
-    lines += ["| configuration | folds | UF1 | UAR | accuracy |", "|---|---|---|---|---|"]
+    lines += ["| configuration | folds | seeds | UF1 | UAR | accuracy |", "|---|---|---|---|---|---|"]
     for r in rows:
         folds = f"{r['folds_found']}/{r['folds_expected'] if r['folds_expected'] is not None else '?'}"
         if not r["complete"]:
-            folds += " INCOMPLETE" + (f" (missing {', '.join(map(str, r['missing_folds']))})" if r["missing_folds"] else "")
-        cells = ["n/a" if r[k] is None else f"{r[k]:.4f}" for k in ("uf1", "uar", "accuracy")]
-        lines.append(f"| {r['name']} | {folds} | " + " | ".join(cells) + " |")
+            if len(r.get("seeds") or []) > 1 and r.get("missing_by_seed"):
+                detail = "; ".join(f"seed {seed}: missing {', '.join(map(str, missing))}"
+                                   for seed, missing in r["missing_by_seed"].items())
+            else:
+                detail = f"missing {', '.join(map(str, r['missing_folds']))}" if r["missing_folds"] else ""
+            folds += " INCOMPLETE" + (f" ({detail})" if detail else "")
+        cells = []
+        for k in ("uf1", "uar", "accuracy"):
+            if r[k] is None:
+                cells.append("n/a")
+            elif r.get(f"{k}_std") is not None:
+                cells.append(format_spread(r[k], r[f"{k}_std"]))
+            else:
+                bounds = (r.get("ci") or {}).get(k)
+                cells.append(f"{r[k]:.4f}" + ("" if bounds is None else f" {format_interval(bounds)}"))
+        seeds = str(len(r.get("seeds") or [])) if r.get("seeds") else "0"
+        lines.append(f"| {r['name']} | {folds} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

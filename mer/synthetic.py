@@ -107,6 +107,72 @@ MIRROR_68 = np.array(
     + [64, 63, 62, 61, 60, 67, 66, 65]           # inner lips
 )
 
+#: Frame rate the clip durations of :class:`GeneratorOptions` are expressed at (CASME II and SAMM record at 200 fps).
+DEFAULT_FPS = 200.0
+
+#: The AU sets of the ``others`` class: single AUs and pairs that mix the other classes' AUs without repeating any
+#: of their combinations. Like CASME II's catch-all class they share AUs with every class and follow no one rule.
+OTHERS_AU_COMBOS: tuple[tuple[int, ...], ...] = (
+    (1,), (2,), (10,), (14,), (15,), (17,), (25,), (1, 4), (2, 4), (4, 17), (10, 14), (10, 17), (12, 15), (14, 17),
+    (14, 25), (15, 17), (1, 25), (12, 17),
+)
+
+#: Class set -> its classes' AU sets (``GeneratorOptions.class_set``).
+CLASS_SETS: dict[str, dict[str, tuple[tuple[int, ...], ...]]] = {
+    "megc3": EMOTION_AU_COMBOS,
+    "with_others": {**EMOTION_AU_COMBOS, "others": OTHERS_AU_COMBOS},
+}
+
+#: CASME II's class counts per class set (docs/corpora.md): the MEGC 3-class subset (150 clips) and the 4-class
+#: split of Huang et al. (254 clips; negative = disgust + repression + fear + sadness).
+CASME2_CLASS_COUNTS: dict[str, dict[str, int]] = {
+    "megc3": {"negative": 90, "positive": 32, "surprise": 28},
+    "with_others": {"negative": 68, "positive": 32, "surprise": 28, "others": 126},
+}
+
+#: A blink, as (landmark indices, (outward, upward)) groups like ``AU_TEMPLATES``: the upper lids close, the lower lids
+#: rise a little, the eye corners stay. Kept within 1.3x the eye opening between lids, so the warp stays invertible.
+BLINK_TEMPLATE = (((37, 38, 43, 44), (0.0, -1.0)), ((40, 41, 46, 47), (0.0, 0.3)))
+
+#: Non-emotional mouth movements (a lip press, a jaw drop, a sideways shift of the mouth), one drawn per movement.
+MOUTH_TEMPLATES: dict[str, tuple[tuple[tuple[int, ...], tuple[float, float]], ...]] = {
+    "lip_press": (((56, 57, 58), (0.0, 1.0)), ((65, 66, 67), (0.0, 0.8)), ((55, 59), (0.0, 0.6)),
+                  ((61, 62, 63), (0.0, -0.3))),
+    "jaw_drop": (((7, 8, 9), (0.0, -1.0)), ((6, 10), (0.0, -0.8)), ((5, 11), (0.0, -0.5)), ((56, 57, 58), (0.0, -0.8)),
+                 ((55, 59, 65, 66, 67), (0.0, -0.6))),
+    # The whole mouth shifts towards one side of the face: (image x, upward), the x sign drawn per movement.
+    "sideways": (((48, 54, 60, 64), (1.0, 0.0)), ((49, 53, 55, 59, 61, 63, 65, 67), (0.8, 0.0)),
+                 ((50, 51, 52, 56, 57, 58, 62, 66), (0.7, 0.0))),
+}
+
+#: Mouth movements whose first component is along image x (one side of the face) rather than outward.
+_SIDEWAYS_MOVEMENTS = ("sideways",)
+
+
+def class_proportions(class_set: str, weights: Any) -> dict[str, float] | None:
+    """Normalise ``GeneratorOptions.class_weights``: None (balanced), ``"casme2"`` or a class -> weight mapping.
+
+    Returns:
+        None, or class -> weight (> 0) over exactly the classes of ``class_set``, in sorted class order.
+
+    Raises:
+        ValueError: an unknown name, a class outside the class set, a missing class or a weight <= 0.
+    """
+    if weights is None:
+        return None
+    classes = sorted(CLASS_SETS[class_set])
+    if isinstance(weights, str):
+        if weights != "casme2":
+            raise ValueError(f"GeneratorOptions.class_weights: 'casme2', a mapping or null, got {weights!r}")
+        weights = CASME2_CLASS_COUNTS[class_set]
+    weights = {str(name): float(value) for name, value in dict(weights).items()}  # DictConfig from YAML -> dict
+    if sorted(weights) != classes:
+        raise ValueError(f"GeneratorOptions.class_weights: need a weight for each of {classes}, got {sorted(weights)}")
+    if min(weights.values()) <= 0:
+        raise ValueError(f"GeneratorOptions.class_weights: weights must be > 0, got {weights}")
+    return {name: weights[name] for name in classes}
+
+
 GROUND_TRUTH_FILE = "ground_truth.json"
 GROUND_TRUTH_FORMAT = "mer-synthetic-ground-truth/1"
 # Pinned into the xlsx so that it is byte-identical across runs (openpyxl stamps "now" otherwise).
@@ -117,6 +183,11 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 @dataclass(frozen=True)
 class GeneratorOptions:
     """Everything but seed and size that shapes the corpus (``generate_corpus(**options)``).
+
+    The difficulty knobs (from ``apex_displacement_distribution`` on, :data:`DIFFICULTY_KNOBS`; a table with units and
+    real-world counterparts in docs/synthetic.md) default to "off": at their defaults the corpus is the quick default
+    one, byte for byte. Each draws its random numbers from a stream of its own, so turning one on changes nothing the
+    others draw.
 
     Attributes:
         frame_size: side of the square stored frames, pixels.
@@ -143,6 +214,40 @@ class GeneratorOptions:
         noise_sigma: standard deviation of the Gaussian sensor noise, grey levels (0..255).
         jpeg_quality: JPEG quality of the stored frames.
         workers: processes that render subjects in parallel (the output does not depend on it).
+        apex_displacement_distribution: how a clip's apex amplitude is drawn from ``apex_displacement_px``:
+            ``uniform`` over the range, or ``lognormal`` (median the geometric mean of the range, the range its
+            +-2 sigma, clipped to it): mostly small expressions, a few large ones, as in real corpora.
+        head_jump_probability: chance per frame of a larger head move on top of the random walk (a shift of the
+            head, a nod), 0..1.
+        head_jump_px: size of a head move's translation, pixels (its length is drawn from 0.5..1.5 times this, its
+            direction uniformly).
+        head_jump_deg: standard deviation of a head move's rotation, degrees.
+        apex_annotation_error_frames: standard deviation of the coder's apex error, frames (rounded; the sheet's
+            ApexFrame is off the true peak by it and stays strictly between onset and offset; the ground truth
+            keeps the true apex and records the sheet's as ``annotated_apex``).
+        fps: frame rate, frames per second. The durations above (``frames_per_clip``) are those of a 200 fps
+            recording (CASME II, SAMM); another rate scales the number of frames of every phase by ``fps / 200``
+            (100: SMIC-HS, CAS(ME)^2's 30).
+        style_strength: how much each subject's way of making an AU differs from the template, 0 = not at all.
+            Per subject and AU: a rotation of the AU's displacement directions (standard deviation
+            ``25 * style_strength`` degrees, mirrored between the face halves), a gain on its intensity
+            (lognormal, sigma ``0.35 * style_strength``); per subject: a gain on the clip amplitudes (sigma
+            ``0.25 * style_strength``) and on the onset -> apex fraction of its clips (sigma ``0.3 *
+            style_strength``, kept in 0.1..0.9). LOSO then has to generalise to a new person's variant.
+        class_set: ``megc3`` (negative, positive, surprise) or ``with_others``, which adds ``others``: clips whose
+            AU sets (``OTHERS_AU_COMBOS``) are heterogeneous and overlap the other classes' AUs, like CASME II's
+            catch-all class.
+        class_weights: null for balanced classes; ``casme2`` for CASME II's proportions of the class set
+            (``CASME2_CLASS_COUNTS``); or a mapping class -> weight. The corpus's clips are then split between the
+            classes in these proportions (largest remainders, at least one clip per class) and shuffled across
+            subjects, so a subject need not show every class.
+        blink_probability: chance that a clip contains an eye blink (upper lids down, lower lids slightly up over
+            0.10-0.16 s, anywhere in the clip), 0..1.
+        blink_px: largest eyelid displacement of a blink, pixels (drawn from 0.8..1.2 times this).
+        mouth_movement_probability: chance that a clip contains a non-emotional mouth movement (lip press, jaw
+            drop or a sideways lip shift over 0.2-0.4 s), 0..1.
+        mouth_movement_px: largest landmark displacement of a mouth movement, pixels (0.8..1.2 times this).
+        grayscale: store single-channel (luminance) JPEG frames, as SAMM does.
     """
 
     frame_size: int = 224
@@ -170,6 +275,21 @@ class GeneratorOptions:
     noise_sigma: float = 1.5
     jpeg_quality: int = 92
     workers: int = 2
+    # Difficulty knobs (DIFFICULTY_KNOBS): the defaults leave the corpus as it is without them.
+    apex_displacement_distribution: str = "uniform"
+    head_jump_probability: float = 0.0
+    head_jump_px: float = 0.0
+    head_jump_deg: float = 0.0
+    apex_annotation_error_frames: float = 0.0
+    fps: float = 200.0
+    style_strength: float = 0.0
+    class_set: str = "megc3"
+    class_weights: Any = None
+    blink_probability: float = 0.0
+    blink_px: float = 2.5
+    mouth_movement_probability: float = 0.0
+    mouth_movement_px: float = 2.5
+    grayscale: bool = False
 
     def __post_init__(self) -> None:
         for name in ("frames_per_clip", "first_frame_range", "rise_fraction", "apex_displacement_px",
@@ -183,6 +303,33 @@ class GeneratorOptions:
             raise ValueError(f"GeneratorOptions.frames_per_clip: clips need >= 8 frames, got {self.frames_per_clip}")
         if self.first_frame_range[0] < 0:
             raise ValueError("GeneratorOptions.first_frame_range: frame numbers are >= 0")
+        if self.apex_displacement_distribution not in ("uniform", "lognormal"):
+            raise ValueError("GeneratorOptions.apex_displacement_distribution: uniform or lognormal, got "
+                             f"{self.apex_displacement_distribution!r}")
+        if self.class_set not in CLASS_SETS:
+            raise ValueError(f"GeneratorOptions.class_set: one of {sorted(CLASS_SETS)}, got {self.class_set!r}")
+        for name in ("head_jump_probability", "blink_probability", "mouth_movement_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"GeneratorOptions.{name}: a probability in 0..1, got {getattr(self, name)}")
+        for name in ("head_jump_px", "head_jump_deg", "apex_annotation_error_frames", "style_strength", "blink_px",
+                     "mouth_movement_px"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GeneratorOptions.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.fps <= 0:
+            raise ValueError(f"GeneratorOptions.fps: must be > 0, got {self.fps}")
+        if round(self.frames_per_clip[0] * self.fps / DEFAULT_FPS) < 8:
+            raise ValueError(f"GeneratorOptions.fps: {self.fps} fps leaves clips of "
+                             f"{self.frames_per_clip[0] * self.fps / DEFAULT_FPS:.1f} frames, need >= 8")
+        object.__setattr__(self, "class_weights", class_proportions(self.class_set, self.class_weights))
+        object.__setattr__(self, "grayscale", bool(self.grayscale))
+
+
+#: The difficulty knobs of :class:`GeneratorOptions`: at their defaults they draw nothing and change nothing, and
+#: the ground truth's ``options`` lists them only where they differ from the default (so that a default corpus is
+#: byte-identical whether or not the generator knows them).
+DIFFICULTY_KNOBS = ("apex_displacement_distribution", "head_jump_probability", "head_jump_px", "head_jump_deg",
+                    "apex_annotation_error_frames", "fps", "style_strength", "class_set", "class_weights",
+                    "blink_probability", "blink_px", "mouth_movement_probability", "mouth_movement_px", "grayscale")
 
 
 @dataclass(frozen=True)
@@ -213,6 +360,7 @@ class Subject:
         shading: (S, S, 1) float32 lighting field multiplying every frame.
         rotation: in-plane face rotation, radians (AU directions turn with it).
         side: (68,) -1 / 0 / +1: the landmark lies on the image-left half, the midline, the image-right half.
+        style: this subject's way of making the AUs (``GeneratorOptions.style_strength`` > 0), else None.
     """
 
     name: str
@@ -224,6 +372,35 @@ class Subject:
     shading: np.ndarray
     rotation: float
     side: np.ndarray
+    style: SubjectStyle | None = None
+
+
+@dataclass(frozen=True)
+class SubjectStyle:
+    """One subject's variant of every AU (``GeneratorOptions.style_strength``).
+
+    Attributes:
+        au_angle: AU -> rotation of its (outward, upward) displacement directions, radians (mirrored between the
+            face halves, so the variant stays symmetric).
+        au_gain: AU -> factor on its intensity.
+        amplitude_gain: factor on the apex amplitude of every clip.
+        rise_gain: factor on the onset -> apex fraction of every clip.
+    """
+
+    au_angle: dict[int, float]
+    au_gain: dict[int, float]
+    amplitude_gain: float
+    rise_gain: float
+
+
+def draw_style(rng: np.random.Generator, strength: float) -> SubjectStyle:
+    """A subject's style of strength ``strength`` (see :class:`GeneratorOptions`)."""
+    angles = rng.normal(0.0, np.deg2rad(25.0) * strength, len(AUS))
+    gains = np.exp(rng.normal(0.0, 0.35 * strength, len(AUS)))
+    amplitude_gain, rise_gain = np.exp(rng.normal(0.0, [0.25 * strength, 0.3 * strength]))
+    return SubjectStyle(au_angle={au: float(a) for au, a in zip(AUS, angles)},
+                        au_gain={au: float(g) for au, g in zip(AUS, gains)},
+                        amplitude_gain=float(amplitude_gain), rise_gain=float(rise_gain))
 
 
 @dataclass(frozen=True)
@@ -240,6 +417,12 @@ class ClipSpec:
     onset: int
     apex: int
     offset: int
+    annotated_apex: int | None = None  # the sheet's apex when it carries an annotation error, else the true apex
+
+    @property
+    def sheet_apex(self) -> int:
+        """The ApexFrame the coding sheet gives."""
+        return self.apex if self.annotated_apex is None else self.annotated_apex
 
     @property
     def au_code(self) -> str:
@@ -425,7 +608,7 @@ def format_au_code(aus: tuple[int, ...], laterality: Mapping[int, str]) -> str:
 
 
 def au_displacements(aus: tuple[int, ...], intensities: np.ndarray, laterality: Mapping[int, str],
-                     side: np.ndarray, rotation: float) -> np.ndarray:
+                     side: np.ndarray, rotation: float, style: SubjectStyle | None = None) -> np.ndarray:
     """Relative displacement of the 68 landmarks that an AU set causes (before the clip's amplitude).
 
     Args:
@@ -435,6 +618,7 @@ def au_displacements(aus: tuple[int, ...], intensities: np.ndarray, laterality: 
             image-right half of a frontal face).
         side: (68,) -1 / 0 / +1 image-left / midline / image-right landmark.
         rotation: in-plane rotation of the face, radians.
+        style: the subject's variant of each AU (None: the templates as they are).
 
     Returns:
         (68, 2) float64 (dx, dy) in image axes (y down).
@@ -444,6 +628,10 @@ def au_displacements(aus: tuple[int, ...], intensities: np.ndarray, laterality: 
         local = np.zeros((68, 2))
         for points, (outward, upward) in AU_TEMPLATES[au]:
             points = np.asarray(points)
+            if style is not None:  # turn (outward, upward); "outward" mirrors the turn between the face halves
+                angle, gain = style.au_angle[au], style.au_gain[au]
+                outward, upward = (gain * (outward * np.cos(angle) - upward * np.sin(angle)),
+                                   gain * (outward * np.sin(angle) + upward * np.cos(angle)))
             local[points, 0] = outward * side[points]
             local[points, 1] = -upward
         if au in laterality:
@@ -453,32 +641,101 @@ def au_displacements(aus: tuple[int, ...], intensities: np.ndarray, laterality: 
     return total @ _rotation(rotation).T
 
 
-def draw_clips(subject: int, count: int, rng: np.random.Generator, options: GeneratorOptions) -> list[ClipSpec]:
-    """One subject's clips: balanced emotions in random order, an AU combination each, and their frame spans."""
-    emotions = sorted(EMOTION_AU_COMBOS)
-    # Within a subject the class counts differ by at most one; the classes that get the extra clips rotate from
-    # subject to subject, so the corpus as a whole stays balanced too.
-    extra = count % len(emotions)
-    start = (subject - 1) * extra
-    pool = emotions * (count // len(emotions)) + [emotions[(start + j) % len(emotions)] for j in range(extra)]
-    order = rng.permutation(pool)
+def draw_clips(subject: int, count: int, rng: np.random.Generator, options: GeneratorOptions,
+               emotions: list[str] | None = None, style: SubjectStyle | None = None,
+               apex_error_rng: np.random.Generator | None = None) -> list[ClipSpec]:
+    """One subject's clips: emotions in random order, an AU combination each, and their frame spans.
+
+    Args:
+        subject: subject number (1-based).
+        count: number of clips.
+        rng: the subject's plan stream.
+        options: generator settings.
+        emotions: the subject's classes, one per clip, already shuffled (``class_weights``: drawn for the whole
+            corpus by :func:`plan_emotions`); None for balanced classes.
+        style: the subject's style (its ``rise_gain`` stretches the onset -> apex phase).
+        apex_error_rng: stream of the apex annotation errors (needed when ``apex_annotation_error_frames`` > 0).
+    """
+    combos_of = CLASS_SETS[options.class_set]
+    if emotions is None:
+        classes = sorted(combos_of)
+        # Within a subject the class counts differ by at most one; the classes that get the extra clips rotate
+        # from subject to subject, so the corpus as a whole stays balanced too.
+        extra = count % len(classes)
+        start = (subject - 1) * extra
+        pool = classes * (count // len(classes)) + [classes[(start + j) % len(classes)] for j in range(extra)]
+        order = rng.permutation(pool)
+    elif len(emotions) != count:
+        raise ValueError(f"subject {subject}: {len(emotions)} emotions for {count} clips")
+    else:
+        order = emotions
+    scale = options.fps / DEFAULT_FPS
     clips = []
     takes = rng.integers(1, 10, count)
     for number, (emotion, take) in enumerate(zip(order, takes), start=1):
-        combos = EMOTION_AU_COMBOS[str(emotion)]
+        combos = combos_of[str(emotion)]
         aus = combos[rng.integers(len(combos))]
         laterality = {au: ("L" if rng.random() < 0.5 else "R") for au in aus
                       if au in UNILATERAL_AUS and rng.random() < options.unilateral_probability}
         length = int(rng.integers(options.frames_per_clip[0], options.frames_per_clip[1] + 1))
+        if scale != 1.0:  # the same durations at another frame rate
+            length = max(8, round(length * scale))
         first = int(rng.integers(options.first_frame_range[0], options.first_frame_range[1] + 1))
         last = first + length - 1
         onset = first + int(rng.integers(0, 3))
         offset = last - int(rng.integers(0, 3))
-        apex = onset + max(2, round(rng.uniform(*options.rise_fraction) * (offset - onset)))
+        rise = rng.uniform(*options.rise_fraction)
+        if style is not None:
+            rise = float(np.clip(rise * style.rise_gain, 0.1, 0.9))
+        apex = min(offset - 1, onset + max(2, round(rise * (offset - onset))))
+        annotated = None
+        if options.apex_annotation_error_frames > 0:
+            error = round(apex_error_rng.normal(0.0, options.apex_annotation_error_frames))
+            annotated = int(np.clip(apex + error, onset + 1, offset - 1))
         clips.append(ClipSpec(subject=subject, name=f"EP{number:02d}_{int(take):02d}", emotion=str(emotion),
                               aus=tuple(aus), laterality=tuple(laterality.items()), first_frame=first,
-                              last_frame=last, onset=onset, apex=apex, offset=offset))
+                              last_frame=last, onset=onset, apex=apex, offset=offset, annotated_apex=annotated))
     return clips
+
+
+def plan_emotions(subjects: int, clips_per_subject: int, weights: Mapping[str, float],
+                  rng: np.random.Generator) -> list[list[str]]:
+    """Split a corpus's clips between classes in the proportions ``weights``, shuffled across subjects.
+
+    Counts are the largest-remainder rounding of the proportions, with at least one clip per class (a class absent
+    from the pooled labels leaves UF1 undefined); the clips are then shuffled over the whole corpus, so subjects get
+    unequal mixes, as in CASME II.
+
+    Returns:
+        One list of ``clips_per_subject`` class names per subject.
+    """
+    total = subjects * clips_per_subject
+    names = sorted(weights)
+    if total < len(names):
+        raise ValueError(f"{total} clips cannot hold {len(names)} classes")
+    share = np.array([weights[n] for n in names], dtype=np.float64)
+    exact = share / share.sum() * total
+    counts = np.maximum(np.floor(exact).astype(int), 1)
+    while counts.sum() < total:  # largest remainders first
+        counts[np.argmax(exact - counts)] += 1
+    while counts.sum() > total:  # the floor of 1 took too many: from the most over-served class
+        counts[np.argmax(np.where(counts > 1, counts - exact, -np.inf))] -= 1
+    pool = rng.permutation(np.repeat(names, counts)).tolist()
+    return [pool[k * clips_per_subject:(k + 1) * clips_per_subject] for k in range(subjects)]
+
+
+def _knob_rng(seed: np.random.SeedSequence, knob: str) -> np.random.Generator:
+    """The random stream of one difficulty knob below ``seed``: its own, so that it shifts no other stream.
+
+    It extends ``seed``'s spawn key by a tag far above the child indices :meth:`SeedSequence.spawn` hands out, so
+    it never coincides with a spawned stream and does not depend on how many were spawned.
+    """
+    tag = _KNOB_TAGS[knob]
+    return np.random.default_rng(np.random.SeedSequence(seed.entropy, spawn_key=(*seed.spawn_key, tag)))
+
+
+_KNOB_TAGS = {name: (1 << 20) + k for k, name in enumerate(
+    ("classes", "style", "apex_error", "amplitude", "head_jump", "blink", "mouth"))}
 
 
 def intensity_profile(frames: np.ndarray, onset: int, apex: int, offset: int) -> np.ndarray:
@@ -489,12 +746,70 @@ def intensity_profile(frames: np.ndarray, onset: int, apex: int, offset: int) ->
     return np.where(frames <= apex, rising, falling)
 
 
-def _head_walk(rng: np.random.Generator, count: int, anchor: int, options: GeneratorOptions) -> np.ndarray:
-    """(count, 3) random-walk head pose (dx, dy, angle in radians), zero at frame index ``anchor``."""
+def _head_walk(rng: np.random.Generator, count: int, anchor: int, options: GeneratorOptions,
+               jump_rng: np.random.Generator | None = None) -> np.ndarray:
+    """(count, 3) random-walk head pose (dx, dy, angle in radians), zero at frame index ``anchor``.
+
+    With ``head_jump_probability`` > 0, ``jump_rng`` adds the occasional larger move to the walk's steps.
+    """
     steps = rng.normal(size=(count, 3)) * [options.head_step_px, options.head_step_px,
                                            np.deg2rad(options.head_step_deg)]
+    if options.head_jump_probability > 0:
+        jumps = jump_rng.random(count) < options.head_jump_probability
+        direction = jump_rng.uniform(0.0, 2 * np.pi, count)
+        length = options.head_jump_px * jump_rng.uniform(0.5, 1.5, count)
+        turn = np.deg2rad(options.head_jump_deg) * jump_rng.normal(size=count)
+        steps += jumps[:, None] * np.stack([length * np.cos(direction), length * np.sin(direction), turn], axis=1)
     walk = np.cumsum(steps, axis=0)
     return walk - walk[anchor]
+
+
+def template_displacement(groups: tuple[tuple[tuple[int, ...], tuple[float, float]], ...], side: np.ndarray,
+                          rotation: float, sideways: float = 0.0) -> np.ndarray:
+    """(68, 2) image-axes displacement of a template of (landmark indices, (outward, upward)) groups.
+
+    Args:
+        groups: the template.
+        side: (68,) -1 / 0 / +1 image-left / midline / image-right landmark.
+        rotation: in-plane rotation of the face, radians.
+        sideways: 0 for an ``outward`` first component; +1 / -1 to read it as a shift towards image-right / -left.
+    """
+    local = np.zeros((68, 2))
+    for points, (first, upward) in groups:
+        points = np.asarray(points)
+        local[points, 0] = first * (sideways if sideways else side[points])
+        local[points, 1] = -upward
+    return local @ _rotation(rotation).T
+
+
+def draw_distractors(rng_blink: np.random.Generator | None, rng_mouth: np.random.Generator | None,
+                     clip: ClipSpec, subject: Subject, options: GeneratorOptions) -> list[dict[str, Any]]:
+    """The clip's eye blink and mouth movement, if any (``blink_probability``, ``mouth_movement_probability``).
+
+    Each is a landmark displacement at its peak (largest landmark move drawn from 0.8..1.2 times ``blink_px`` /
+    ``mouth_movement_px``) and a start, peak and end frame (0.10-0.16 s for a blink, 0.2-0.4 s for a mouth
+    movement, at ``fps``; the peak anywhere in the clip, so it may fall between onset and apex).
+
+    Returns:
+        ``{"kind", "start", "peak", "end", "displacement": (68, 2)}`` per distractor.
+    """
+    drawn = []
+    for rng, probability, kinds, size, seconds in (
+            (rng_blink, options.blink_probability, ("blink",), options.blink_px, (0.10, 0.16)),
+            (rng_mouth, options.mouth_movement_probability, tuple(MOUTH_TEMPLATES), options.mouth_movement_px,
+             (0.2, 0.4))):
+        if probability <= 0 or rng.random() >= probability:
+            continue
+        kind = kinds[rng.integers(len(kinds))]
+        groups = BLINK_TEMPLATE if kind == "blink" else MOUTH_TEMPLATES[kind]
+        sideways = float(rng.choice([-1.0, 1.0])) if kind in _SIDEWAYS_MOVEMENTS else 0.0
+        relative = template_displacement(groups, subject.side, subject.rotation, sideways)
+        displacement = relative * size * rng.uniform(0.8, 1.2) / np.linalg.norm(relative, axis=1).max()
+        half = max(2, round(rng.uniform(*seconds) * options.fps / 2))
+        peak = int(rng.integers(clip.first_frame, clip.last_frame + 1))
+        drawn.append({"kind": kind, "start": peak - half, "peak": peak, "end": peak + half,
+                      "displacement": displacement})
+    return drawn
 
 
 def _remap(image: np.ndarray, positions: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
@@ -526,45 +841,84 @@ def undo_expression(positions: np.ndarray, forward: np.ndarray, strength: float,
     return neutral
 
 
+def _dense_field(subject: Subject, displacement: np.ndarray, size: int) -> np.ndarray:
+    """(S, S, 2) float32 forward field: the spline through 68 landmark displacements, the border anchored at 0."""
+    values = np.concatenate([displacement, np.zeros((len(subject.centers) - 68, 2))])
+    return (subject.design @ tps_fit(subject.centers, values)).astype(np.float32).reshape(size, size, 2)
+
+
 def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, options: GeneratorOptions,
-                clip_dir: Path) -> dict[str, Any]:
-    """Write one clip's frames as ``img<k>.jpg`` and return its ground truth (see the module docstring)."""
+                clip_dir: Path, seed: np.random.SeedSequence | None = None) -> dict[str, Any]:
+    """Write one clip's frames as ``img<k>.jpg`` and return its ground truth (see the module docstring).
+
+    Args:
+        subject: the identity.
+        clip: what the clip shows.
+        rng: the clip's stream.
+        options: generator settings.
+        clip_dir: folder of the frames.
+        seed: the seed of ``rng``; the difficulty knobs draw from streams below it (needed when one is on).
+    """
     size = options.frame_size
     frame_numbers = np.arange(clip.first_frame, clip.last_frame + 1)
     count = len(frame_numbers)
 
     # Landmark displacements at the apex, scaled so that the strongest landmark moves `amplitude` pixels.
     intensities = rng.uniform(*options.au_intensity, len(clip.aus))
-    relative = au_displacements(clip.aus, intensities, dict(clip.laterality), subject.side, subject.rotation)
+    relative = au_displacements(clip.aus, intensities, dict(clip.laterality), subject.side, subject.rotation,
+                                subject.style)
     amplitude = rng.uniform(*options.apex_displacement_px)
+    if options.apex_displacement_distribution == "lognormal":
+        low, high = np.log(options.apex_displacement_px)
+        draw = _knob_rng(seed, "amplitude").normal((low + high) / 2, (high - low) / 4)
+        amplitude = float(np.clip(np.exp(draw), *options.apex_displacement_px))
+    if subject.style is not None:
+        amplitude *= subject.style.amplitude_gain
     apex_displacement = relative * amplitude / np.linalg.norm(relative, axis=1).max()
 
     # Dense forward field at the apex: the spline through the landmark displacements, border anchored at zero.
-    values = np.concatenate([apex_displacement, np.zeros((len(subject.centers) - 68, 2))])
-    forward = (subject.design @ tps_fit(subject.centers, values)).astype(np.float32).reshape(size, size, 2)
+    forward = _dense_field(subject, apex_displacement, size)
 
     profile = intensity_profile(frame_numbers, clip.onset, clip.apex, clip.offset)
-    head = _head_walk(rng, count, clip.onset - clip.first_frame, options)
+    head = _head_walk(rng, count, clip.onset - clip.first_frame, options,
+                      _knob_rng(seed, "head_jump") if options.head_jump_probability > 0 else None)
+    distractors = []
+    if options.blink_probability > 0 or options.mouth_movement_probability > 0:
+        distractors = draw_distractors(
+            _knob_rng(seed, "blink") if options.blink_probability > 0 else None,
+            _knob_rng(seed, "mouth") if options.mouth_movement_probability > 0 else None, clip, subject, options)
+    # Per distractor: its dense field and its intensity per frame.
+    distractor_fields = [(_dense_field(subject, d["displacement"], size),
+                          intensity_profile(frame_numbers, d["start"], d["peak"], d["end"])) for d in distractors]
     drift = 1.0 + rng.uniform(-1, 1) * options.illumination_drift * np.linspace(0, 1, count)
     pivot = subject.landmarks.mean(0)
     grid = _pixel_grid(size).astype(np.float32).reshape(size, size, 2)
     encode = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
     clip_dir.mkdir(parents=True, exist_ok=True)
-    for frame, strength, (dx, dy, angle), gain in zip(frame_numbers, profile, head, drift):
+    for index, (frame, strength, (dx, dy, angle), gain) in enumerate(zip(frame_numbers, profile, head, drift)):
         # Undo the head motion (forward: q = R (p - c) + c + t, so p = R^T q + c - R^T (c + t)) ...
         undo_rotation = _rotation(angle).T
         undo_head = np.hstack([undo_rotation, (pivot - undo_rotation @ (pivot + (dx, dy)))[:, None]])
         face_positions = cv2.transform(grid, undo_head)
-        # ... then the expression.
-        neutral = undo_expression(face_positions, forward, strength)
+        # ... then the expression (and the distractors: one field, the sum of each at its own intensity).
+        if distractor_fields:
+            field_now = forward * np.float32(strength)
+            for distractor_field, distractor_profile in distractor_fields:
+                field_now += distractor_field * np.float32(distractor_profile[index])
+            # The eyelids' field is steeper than the AUs': a few more fixed-point steps for the same precision.
+            neutral = undo_expression(face_positions, field_now, 1.0, steps=6)
+        else:
+            neutral = undo_expression(face_positions, forward, strength)
         image = _remap(subject.source, _remap(subject.source_map, neutral), cv2.INTER_CUBIC)  # (S, S, 3) in [0, 1]
         image *= subject.shading
         image *= np.float32(gain * 255.0)
+        if options.grayscale:  # the camera's luminance; the sensor noise is then on that one channel
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         noise = rng.standard_normal(image.shape, dtype=np.float32)
         noise *= np.float32(options.noise_sigma)
         image += noise
         pixels = np.clip(np.rint(image, out=image), 0, 255, out=image).astype(np.uint8)
-        ok, encoded = cv2.imencode(".jpg", pixels[..., ::-1], encode)  # RGB -> BGR
+        ok, encoded = cv2.imencode(".jpg", pixels if options.grayscale else pixels[..., ::-1], encode)  # RGB -> BGR
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {clip_dir}/img{frame}.jpg")
         (clip_dir / f"img{frame}.jpg").write_bytes(encoded.tobytes())
@@ -572,7 +926,7 @@ def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, opti
     # What the head motion moves the landmarks by at the apex (forward: q = R (p - c) + c + t).
     dx, dy, angle = head[clip.apex - clip.first_frame]
     moved = (subject.landmarks + apex_displacement - pivot) @ _rotation(angle).T + pivot + (dx, dy)
-    return {
+    truth = {
         "subject": subject.name, "clip": clip.name, "aus": list(clip.aus), "au_code": clip.au_code,
         "emotion": clip.emotion, "first_frame": clip.first_frame, "last_frame": clip.last_frame,
         "onset": clip.onset, "apex": clip.apex, "offset": clip.offset,
@@ -580,6 +934,12 @@ def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, opti
         "apex_displacement": _rounded(apex_displacement),
         "apex_head_displacement": _rounded(moved - subject.landmarks - apex_displacement),
     }
+    # Knob records only when their knob is on: a default corpus's ground truth stays as it is without them.
+    if options.apex_annotation_error_frames > 0:
+        truth["annotated_apex"] = clip.sheet_apex
+    if options.blink_probability > 0 or options.mouth_movement_probability > 0:
+        truth["distractors"] = [{**d, "displacement": _rounded(d["displacement"])} for d in distractors]
+    return truth
 
 
 def _rounded(array: np.ndarray) -> list[list[float]]:
@@ -592,13 +952,15 @@ class _SubjectJob:
     index: int
     seed: np.random.SeedSequence
     clips: list[ClipSpec] = field(default_factory=list)
+    style: SubjectStyle | None = None
 
 
 def _render_subject(job: _SubjectJob, base: BaseFace, options: GeneratorOptions, subject_format: str,
                     root: Path) -> list[dict[str, Any]]:
     identity_seed, *clip_seeds = job.seed.spawn(1 + len(job.clips))
     subject = make_subject(job.index, np.random.default_rng(identity_seed), base, options, subject_format)
-    return [render_clip(subject, clip, np.random.default_rng(seed), options, root / subject.name / clip.name)
+    subject.style = job.style
+    return [render_clip(subject, clip, np.random.default_rng(seed), options, root / subject.name / clip.name, seed)
             for clip, seed in zip(job.clips, clip_seeds)]
 
 
@@ -673,12 +1035,19 @@ def generate_corpus(root: str | os.PathLike, seed: int = 0, subjects: int = 10, 
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
     try:
-        subject_seeds = np.random.SeedSequence(seed).spawn(subjects)
+        root_seed = np.random.SeedSequence(seed)
+        subject_seeds = root_seed.spawn(subjects)
+        planned = (plan_emotions(subjects, clips_per_subject, settings.class_weights, _knob_rng(root_seed, "classes"))
+                   if settings.class_weights is not None else [None] * subjects)
         jobs = []
-        for index, subject_seed in enumerate(subject_seeds, start=1):
+        for index, (subject_seed, emotions) in enumerate(zip(subject_seeds, planned), start=1):
             plan_seed, render_seed = subject_seed.spawn(2)
-            clips = draw_clips(index, clips_per_subject, np.random.default_rng(plan_seed), settings)
-            jobs.append(_SubjectJob(index=index, seed=render_seed, clips=clips))
+            style = (draw_style(_knob_rng(subject_seed, "style"), settings.style_strength)
+                     if settings.style_strength > 0 else None)
+            clips = draw_clips(index, clips_per_subject, np.random.default_rng(plan_seed), settings, emotions, style,
+                               _knob_rng(plan_seed, "apex_error") if settings.apex_annotation_error_frames > 0
+                               else None)
+            jobs.append(_SubjectJob(index=index, seed=render_seed, clips=clips, style=style))
         base = load_base_face()
         if settings.workers > 1:
             with ProcessPoolExecutor(max_workers=settings.workers) as pool:
@@ -687,13 +1056,13 @@ def generate_corpus(root: str | os.PathLike, seed: int = 0, subjects: int = 10, 
         else:
             truths = [truth for job in jobs for truth in _render_subject(job, base, settings, subject_format, staging)]
 
-        rows = [(int(job.index), clip.name, clip.onset, clip.apex, clip.offset, clip.au_code, clip.emotion)
+        rows = [(int(job.index), clip.name, clip.onset, clip.sheet_apex, clip.offset, clip.au_code, clip.emotion)
                 for job in jobs for clip in job.clips]
         write_sheet_csv(staging / "coding.csv", rows)
         write_sheet_xlsx(staging / "coding.xlsx", rows)
         ground_truth = {
             "format": GROUND_TRUTH_FORMAT, "frame_size": [settings.frame_size, settings.frame_size], "seed": seed,
-            "options": dataclasses.asdict(settings) | {"workers": None},
+            "options": options_record(settings),
             "clips": {f"{truth['subject']}/{truth['clip']}": truth for truth in truths},
         }
         (staging / GROUND_TRUTH_FILE).write_text(json.dumps(ground_truth, indent=1, sort_keys=True) + "\n")
@@ -707,6 +1076,19 @@ def generate_corpus(root: str | os.PathLike, seed: int = 0, subjects: int = 10, 
              clips_per_subject, sum(c.last_frame - c.first_frame + 1 for j in jobs for c in j.clips), root,
              time.perf_counter() - started)
     return root
+
+
+def options_record(settings: GeneratorOptions) -> dict[str, Any]:
+    """The ``options`` of ``ground_truth.json``: every field, the difficulty knobs only where they are not default.
+
+    ``workers`` is written as null: the output does not depend on it.
+    """
+    record = dataclasses.asdict(settings) | {"workers": None}
+    defaults = GeneratorOptions()
+    for name in DIFFICULTY_KNOBS:
+        if getattr(settings, name) == getattr(defaults, name):
+            del record[name]
+    return record
 
 
 def ensure_corpus(dataset_cfg: Mapping[str, Any]) -> Path:
@@ -757,31 +1139,96 @@ def load_ground_truth(root: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return clips
 
 
+#: Corpus sizes ``python -m mer.synthetic --size`` knows: (subjects, clips per subject). ``casme2``: CASME II's 26
+#: subjects and about its 255 clips.
+CORPUS_SIZES = {"default": (10, 8), "casme2": (26, 10)}
+
+#: Command-line flags of the generator options: option -> (flag help, type or nargs spec).
+_OPTION_FLAGS: dict[str, str] = {
+    "head_step_px": "head motion: standard deviation of the per-frame translation step, pixels (real recordings: "
+                    "about 0.1)",
+    "head_step_deg": "head motion: standard deviation of the per-frame rotation step, degrees",
+    "apex_displacement_px": "range of a clip's largest landmark displacement at the apex, pixels (LOW HIGH)",
+    "apex_displacement_distribution": "how the apex amplitude is drawn from its range: uniform or lognormal",
+    "head_jump_probability": "chance per frame of a larger head move",
+    "head_jump_px": "translation of a larger head move, pixels",
+    "head_jump_deg": "rotation (standard deviation) of a larger head move, degrees",
+    "apex_annotation_error_frames": "standard deviation of the sheet's apex error, frames",
+    "fps": "frame rate; clip durations scale by fps / 200",
+    "style_strength": "per-subject variant of each AU, 0 = none, 1 = strong",
+    "class_set": "megc3 (negative, positive, surprise) or with_others (adds others)",
+    "class_weights": "class proportions: casme2, or name=weight,name=weight,... (default: balanced)",
+    "blink_probability": "chance that a clip contains an eye blink",
+    "blink_px": "largest eyelid displacement of a blink, pixels",
+    "mouth_movement_probability": "chance that a clip contains a non-emotional mouth movement",
+    "mouth_movement_px": "largest landmark displacement of a mouth movement, pixels",
+    "grayscale": "store single-channel frames (SAMM-like): true or false",
+    "noise_sigma": "Gaussian sensor noise, grey levels",
+    "jpeg_quality": "JPEG quality of the stored frames",
+}
+
+
+def _parse_option(name: str, text: str | list[str]) -> Any:
+    """A command-line value of option ``name``, typed like its :class:`GeneratorOptions` default."""
+    if name == "apex_displacement_px":
+        return tuple(float(v) for v in text)
+    if name == "class_weights":
+        if text in ("casme2", "none", "null"):
+            return None if text != "casme2" else text
+        return {key: float(value) for key, value in (item.split("=", 1) for item in text.split(","))}
+    if name == "grayscale":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise argparse.ArgumentTypeError(f"--grayscale: true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    default = getattr(GeneratorOptions, name)
+    return type(default)(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m mer.synthetic --root DIR [--seed S] [--subjects K] [--clips-per-subject M]
-    [--head-step-px P] [--head-step-deg D] [--apex-displacement-px LOW HIGH]``."""
+    [--size default|casme2] [--from-config conf/dataset/NAME.yaml] [--<option> VALUE ...]``.
+
+    ``--from-config`` takes the ``generator`` node of a dataset config (e.g. ``conf/dataset/synthetic_hard.yaml``):
+    the same corpus as ``dataset=NAME`` generates. Flags given beside it override it.
+    """
     parser = argparse.ArgumentParser(prog="python -m mer.synthetic", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="folder to write the corpus to")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    parser.add_argument("--subjects", type=int, default=10, help="number of subjects")
-    parser.add_argument("--clips-per-subject", type=int, default=8, help="clips per subject")
+    parser.add_argument("--from-config", type=Path, metavar="YAML",
+                        help="a dataset config whose `generator` node gives seed, size and options")
+    parser.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="random seed (same seed, same bytes)")
+    parser.add_argument("--size", choices=sorted(CORPUS_SIZES), default=argparse.SUPPRESS,
+                        help="corpus size preset: default 10 x 8 clips, casme2 26 subjects x 10 clips")
+    parser.add_argument("--subjects", type=int, default=argparse.SUPPRESS, help="number of subjects (default 10)")
+    parser.add_argument("--clips-per-subject", type=int, default=argparse.SUPPRESS, help="clips per subject (8)")
     parser.add_argument("--workers", type=int, default=GeneratorOptions.workers,
                         help="rendering processes (the output does not depend on it)")
-    parser.add_argument("--head-step-px", type=float, default=GeneratorOptions.head_step_px,
-                        help="head motion: standard deviation of the per-frame translation step, pixels (real "
-                             "recordings: about 0.1)")
-    parser.add_argument("--head-step-deg", type=float, default=GeneratorOptions.head_step_deg,
-                        help="head motion: standard deviation of the per-frame rotation step, degrees")
-    parser.add_argument("--apex-displacement-px", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                        default=GeneratorOptions.apex_displacement_px,
-                        help="range of a clip's largest landmark displacement at the apex, pixels")
+    for name, text in _OPTION_FLAGS.items():
+        default = getattr(GeneratorOptions, name)
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                            nargs=2 if name == "apex_displacement_px" else None,
+                            metavar=("LOW", "HIGH") if name == "apex_displacement_px" else None,
+                            help=f"{text} (default {default})")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing corpus at --root")
-    arguments = parser.parse_args(argv)
+    arguments = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    generate_corpus(arguments.root, seed=arguments.seed, subjects=arguments.subjects,
-                    clips_per_subject=arguments.clips_per_subject, overwrite=arguments.overwrite,
-                    workers=arguments.workers, head_step_px=arguments.head_step_px,
-                    head_step_deg=arguments.head_step_deg, apex_displacement_px=tuple(arguments.apex_displacement_px))
+    generator: dict[str, Any] = {"seed": 0, "subjects": 10, "clips_per_subject": 8}
+    if arguments.get("from_config") is not None:
+        from omegaconf import OmegaConf
+
+        node = OmegaConf.load(arguments["from_config"]).get("generator")
+        if node is None:
+            parser.error(f"{arguments['from_config']} has no `generator` node")
+        generator.update(OmegaConf.to_container(node, resolve=True))
+    if "size" in arguments:
+        generator["subjects"], generator["clips_per_subject"] = CORPUS_SIZES[arguments["size"]]
+    for name in ("seed", "subjects", "clips_per_subject"):
+        if name in arguments:
+            generator[name] = arguments[name]
+    for name in _OPTION_FLAGS:
+        if name in arguments:
+            generator[name] = _parse_option(name, arguments[name])
+    generator["workers"] = arguments["workers"]
+    generate_corpus(arguments["root"], overwrite=arguments["overwrite"], **generator)
 
 
 if __name__ == "__main__":
