@@ -28,6 +28,7 @@ from mer.allocator import reuse_freed_memory
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
 from mer.preprocess.cache import Cache, CacheMissingError, atomic_write_text, cache_dir_for, is_complete, load_cache
+from mer.random_state import RandomStateCheckpoint
 from mer.report import (
     PREDICTION_COLUMNS, configuration_key, configuration_label, log_summary_to_wandb, wandb_group, write_summary,
 )
@@ -284,6 +285,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     checkpoint_dir = fold_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
                                      every_n_epochs=1, enable_version_counter=False))
+    # ...with the random streams, so that the resumed epochs draw what an uninterrupted run would.
+    callbacks.append(RandomStateCheckpoint())
     best = None
     if monitor is not None:
         # The epoch best on the validation subjects (ties: the earliest); its state lives in last.ckpt

@@ -108,6 +108,9 @@ class LOSODataModule(pl.LightningDataModule):
         self.fold = fold
         self.batch_size = batch_size
         self.seed = seed
+        # The clip order of every training epoch; kept here (not made in train_dataloader) so that a
+        # resumed fold can put back its state before the first resumed epoch draws from it.
+        self.train_order = torch.Generator().manual_seed(seed)
         self.test_subject = subjects[fold]
         samples = self.cache.samples
         training_subjects = [s for s in subjects if s != self.test_subject]
@@ -183,7 +186,7 @@ class LOSODataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set, batch_size=self.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(self.seed), num_workers=0,
+            generator=self.train_order, num_workers=0,
         )
 
     def val_dataloader(self) -> DataLoader:
