@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import traceback
 
 import hydra
 from omegaconf import DictConfig
@@ -19,10 +21,25 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
-    from mer.loso import format_summary, run_loso
-
     # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        _train(cfg)
+    except Exception:
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            raise
+        # Hydra hands a job's exception back to the submitting process as the job's return value:
+        # the SLURM job itself would end COMPLETED, with the error in no log of its own. Log it here
+        # (train.log, the job's .out and .err) and end the job FAILED instead. Either way SLURM does
+        # not requeue it: only a time limit or a preemption does (submitit's SIGUSR2 handler).
+        log.exception("job failed")
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
+def _train(cfg: DictConfig) -> None:
+    from mer.loso import format_summary, run_loso
+
     _share_devices(cfg)
     start = time.perf_counter()
     out_dir = cfg.paths.output_dir
