@@ -258,6 +258,9 @@ class SlurmCluster:
             "SelectTypeParameters=CR_Core_Memory",
             "DefMemPerCPU=1024",  # without it a job without --mem would take the whole node's memory
             "SchedulerType=sched/backfill",
+            # Look for startable jobs every 2 s (default: 60 s for the main loop, 30 s for backfill), so
+            # that a requeued job starts as soon as it is eligible.
+            "SchedulerParameters=sched_interval=2,bf_interval=2",
             "MpiDefault=none",
             "ReturnToService=2",
             f"KillWait={self.kill_wait_s}",

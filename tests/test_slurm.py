@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -197,57 +198,87 @@ def test_sweep_goes_through_sbatch_and_ends_with_its_table(slurm_cluster, slurm_
                for r in records.values()), records
     for job_id in job_ids:
         assert "Job completed successfully" in slurm_logs(sweep, job_id)
+    # The array's batch script: the launcher's resources, and this (the project's) Python runs the jobs.
+    script = (sweep / ".submitit" / job_ids[0].split("_")[0] / f"{job_ids[0].split('_')[0]}_submission.sh").read_text()
+    for line in (f"#SBATCH --partition={PARTITION}", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1GB",
+                 "#SBATCH --time=10", "#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --array=0-3%4"):
+        assert line in script.splitlines(), script
+    assert f"{shlex.quote(sys.executable)} -u -m submitit.core._submit" in script
+
+
+def single_job(sweep: Path) -> str:
+    """The SLURM job id of a one-job sweep (submitit names its folder after it; an array's have a ``_``)."""
+    (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name.isdigit()]
+    return job_id
+
+
+@pytest.fixture(scope="module")
+def side_jobs(slurm_cluster, slurm_sweep, slurm_base, tiny_corpus) -> dict[str, tuple[Path, str, int]]:
+    """Three one-job sweeps, run side by side (most of their time is waiting: for Python to start, for
+    SLURM to requeue), each of fold 0 with frames=2 as in :func:`slurm_sweep`:
+
+    - ``requeue`` and ``usr2`` hold at the start of epoch 1 (:class:`PauseOnce`; epoch 0 is saved);
+      then the first is requeued with ``scontrol requeue`` (what an admin or a preempting job does),
+      the second gets SIGUSR2 (what SLURM sends ``signal_delay_s`` before the time limit: submitit
+      checkpoints the call and requeues the job itself);
+    - ``failing`` has no preprocessed cache and may not build one: a data error.
+
+    Returns:
+        kind -> (sweep directory, the submitting train.py's output, its exit status).
+    """
+    overrides = slurm_overrides(tiny_corpus, slurm_base / "cache")
+    commands = {kind: ["+callbacks.pause._target_=tests.test_slurm.PauseOnce", "+callbacks.pause.epoch=1", *overrides]
+                for kind in ("requeue", "usr2")}
+    commands["failing"] = [o for o in slurm_overrides(tiny_corpus, slurm_base / "empty-cache")
+                           if not o.startswith("preprocess_if_missing=")] + ["preprocess_if_missing=false"]
+    sweeps = {kind: slurm_base / kind for kind in commands}
+    processes = {kind: train_py("-m", "dataset=synthetic", "fold=0", "frames=2", "trainer.max_epochs=2",
+                                f"hydra.sweep.dir={sweeps[kind]}", *command) for kind, command in commands.items()}
+    interrupt = {"requeue": ["scontrol", "requeue"], "usr2": ["scancel", "--signal=USR2"]}
+    deadline = time.monotonic() + 150
+    while interrupt:
+        for kind in [k for k in interrupt if list(sweeps[k].glob("*/paused"))]:  # epoch 0 saved, epoch 1 waits
+            (job,) = job_dirs(sweeps[kind]).values()
+            assert (job / "folds" / "fold_00" / "checkpoints" / "last.ckpt").is_file()
+            subprocess.run([*interrupt.pop(kind), single_job(sweeps[kind])], check=True, capture_output=True,
+                           timeout=30)
+        for kind in interrupt:
+            assert processes[kind].poll() is None and time.monotonic() < deadline, \
+                finish(processes[kind], slurm_cluster)[-4000:]
+        time.sleep(0.2)
+    return {kind: (sweeps[kind], finish(process, slurm_cluster), process.returncode)
+            for kind, process in processes.items()}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("interruption", ["requeue", "usr2"])
-def test_interrupted_job_is_requeued_and_resumes_from_its_last_epoch(slurm_cluster, slurm_sweep, slurm_base,
-                                                                      tiny_corpus, interruption):
-    """``scontrol requeue`` (what an admin or a preempting job does), or SIGUSR2 (what SLURM sends
-    ``signal_delay_s`` before the time limit; submitit checkpoints and requeues the job itself): the job
-    runs again, resumes after its last saved epoch, and predicts as the uninterrupted job of the sweep."""
-    sweep = slurm_base / f"interrupted-{interruption}"
-    process = train_py("-m", "dataset=synthetic", "fold=0", "frames=2", "trainer.max_epochs=2",
-                       "+callbacks.pause._target_=tests.test_slurm.PauseOnce", "+callbacks.pause.epoch=1",
-                       f"hydra.sweep.dir={sweep}", *slurm_overrides(tiny_corpus, slurm_base / "cache"))
-    deadline = time.monotonic() + 120
-    while not list(sweep.glob("*/paused")):  # epoch 0 is saved, epoch 1 waits
-        assert process.poll() is None and time.monotonic() < deadline, finish(process, slurm_cluster)[-4000:]
-        time.sleep(0.2)
-    (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name.isdigit()]
-    (job,) = job_dirs(sweep).values()
-    assert (job / "folds" / "fold_00" / "checkpoints" / "last.ckpt").is_file()
-    if interruption == "requeue":
-        subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True, timeout=30)
-    else:
-        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True, timeout=30)
-    output = finish(process, slurm_cluster)
+def test_interrupted_job_is_requeued_and_resumes_from_its_last_epoch(slurm_cluster, slurm_sweep, side_jobs,
+                                                                      interruption):
+    """The job runs again, resumes after its last saved epoch, and predicts as the uninterrupted job of
+    the sweep (same seed, one CPU thread each)."""
+    sweep, output, returncode = side_jobs[interruption]
+    job_id = single_job(sweep)
     logs = slurm_logs(sweep, job_id)
-    assert process.returncode == 0, output[-3000:] + logs[-3000:]
-
+    assert returncode == 0, output[-3000:] + logs[-3000:]
     # It ran twice (sacct keeps both runs), the second time from the checkpoint of epoch 0.
     assert [r["State"] for r in job_records(slurm_cluster, job_id)] == ["REQUEUED", "COMPLETED"]
     assert logs.count("Starting with JobEnvironment") == 2
     assert "fold 0 resumes from" in logs and logs.count("epoch 1 starts") == 2 and logs.count("epoch 0 starts") == 1
     if interruption == "usr2":
         assert "Caught signal SIGUSR2" in logs and f"Requeued job {job_id}" in logs
+    (job,) = job_dirs(sweep).values()
     predictions = pd.read_csv(job / "folds" / "fold_00" / "predictions.csv")
     reference = pd.read_csv(job_dirs(slurm_sweep[0])[0, 2] / "folds" / "fold_00" / "predictions.csv")
     pd.testing.assert_frame_equal(predictions, reference, check_exact=True)
 
 
 @pytest.mark.slow
-def test_failing_job_is_not_requeued_and_its_log_says_why(slurm_cluster, tiny_corpus, slurm_base):
-    """A data or config error (here: no preprocessed cache, and building one is not allowed) fails the
-    job once: no requeue, the error in its SLURM log and in the submitting process's output."""
-    sweep = slurm_base / "failing"
-    overrides = [o for o in slurm_overrides(tiny_corpus, slurm_base / "empty-cache")
-                 if not o.startswith("preprocess_if_missing=")]
-    process = train_py("-m", "dataset=synthetic", "fold=0", "frames=2", "preprocess_if_missing=false",
-                       f"hydra.sweep.dir={sweep}", *overrides)
-    output = finish(process, slurm_cluster)
-    assert process.returncode != 0
-    (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name.isdigit()]
+def test_failing_job_is_not_requeued_and_its_log_says_why(slurm_cluster, side_jobs):
+    """A data or config error (here: no preprocessed cache) fails the job once: no requeue, SLURM state
+    FAILED, the error in the job's SLURM log and in the submitting process's output."""
+    sweep, output, returncode = side_jobs["failing"]
+    assert returncode != 0
+    job_id = single_job(sweep)
     logs = slurm_logs(sweep, job_id)
     assert "CacheMissingError" in logs and "python preprocess.py dataset=synthetic" in logs
     assert "CacheMissingError" in output
