@@ -136,6 +136,7 @@ class SlurmCluster:
         """
         # A short path under /tmp: unix socket paths are limited to 108 bytes, and pytest's
         # basetemp can be long.
+        self._previous_slurm_conf = os.environ.get("SLURM_CONF")
         self.root = Path(tempfile.mkdtemp(prefix="mer-slurm-"))
         for sub in ("etc", "log", "munge", "state", "spool", "db"):
             (self.root / sub).mkdir()
@@ -145,7 +146,6 @@ class SlurmCluster:
             self._start_munge()
             self._start_database(db_port)
             self._write_configs(ctld_port, slurmd_port, dbd_port, db_port)
-            self._previous_slurm_conf = os.environ.get("SLURM_CONF")
             os.environ["SLURM_CONF"] = str(self.conf)
             self._spawn("slurmdbd", [_program("slurmdbd"), "-D"])
             self._wait_for(lambda: self._port_open(dbd_port), "slurmdbd to listen on port %d" % dbd_port)
@@ -230,6 +230,7 @@ class SlurmCluster:
     def _write_configs(self, ctld_port: int, slurmd_port: int, dbd_port: int, db_port: int) -> None:
         root = self.root
         node = _node_line()
+        self.node = node.split()[0].split("=", 1)[1]  # slurmd's name for this host (its short hostname)
         lines = [
             "ClusterName=mertest",
             f"SlurmctldHost={self.node}(127.0.0.1)",
