@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import traceback
 
 import hydra
 from omegaconf import DictConfig
@@ -20,14 +22,29 @@ log = logging.getLogger("train")
 def main(cfg: DictConfig) -> None:
     import warnings
 
+    # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        _train(cfg)
+    except Exception:
+        if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+            raise
+        # Hydra hands a job's exception back to the submitting process as the job's return value:
+        # the SLURM job itself would end COMPLETED, with the error in no log of its own. Log it here
+        # (train.log, the job's .out and .err) and end the job FAILED instead. Either way SLURM does
+        # not requeue it: only a time limit or a preemption does (submitit's SIGUSR2 handler).
+        log.exception("job failed")
+        traceback.print_exc()
+        raise SystemExit(1) from None
+
+
+def _train(cfg: DictConfig) -> None:
     from mer.console import quiet_lightning
     from mer.data.samples import SheetNotFoundError
     from mer.loso import ResumeMismatchError, format_summary, job_output_dir, run_loso
     from mer.preprocess.cache import AtomicWriteError, CacheMissingError
     from mer.preprocess.errors import ConfigError
 
-    # Lightning's advice about DataLoader workers does not apply: the data is already in memory.
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     if not cfg.verbose:
         quiet_lightning()
     _share_devices(cfg)
@@ -38,6 +55,8 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, SheetNotFoundError, ResumeMismatchError, CacheMissingError, AtomicWriteError) as error:
         # A setting no fold can run with, a missing sheet, another configuration's folds, a missing or stale
         # cache, a file that could not be written: the message names it and says what to change; no traceback.
+        if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+            raise  # the job's own log shows it and the job ends FAILED (see main)
         sys.exit(f"error: {error}")
     if summary is not None:
         print(format_summary(summary))

@@ -54,7 +54,7 @@ def test_launcher_and_trainer_configs_compose():
     cfg = compose_train("hydra/launcher=slurm_gpu", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.gpus_per_task == 1 and launcher.partition and launcher.timeout_min > 0 and launcher.mem_gb > 0
+    assert launcher.gpus_per_node == 1 and launcher.partition and launcher.timeout_min > 0 and launcher.mem_gb > 0
     assert launcher.cpus_per_task >= 1 and launcher.max_num_timeout > 0
     cfg = compose_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
