@@ -117,40 +117,6 @@ def test_slurm_launcher_config_and_its_gpu_preset():
                                                             "timeout_min"}
 
 
-class StopAtEpochEnd(pl.Callback):
-    """Raises at the end of epoch ``epoch``, before it is saved (Lightning runs ModelCheckpoint last)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("stopped")
-
-
-def test_resumed_fold_predicts_as_an_uninterrupted_one(tiny_corpus, tmp_path, one_torch_thread):
-    """A fold stopped after a saved epoch and resumed predicts as the uninterrupted fold, to the bit
-    (its checkpoint carries the clip order, α and dropout streams: LOSODataModule.state_dict)."""
-    from mer.loso import resolve_cache, run_fold
-    from mer.preprocess.cache import load_cache
-
-    def cfg(out: str, **callbacks):
-        config = compose_train(f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false",
-                               "preprocess_if_missing=true", f"paths.cache_dir={tmp_path / 'cache'}", "frames=2",
-                               "preprocess.workers=1", "data.batch_size=4", "logger=none", "trainer.max_epochs=4",
-                               f"paths.output_dir={tmp_path / out}")
-        config.callbacks = callbacks
-        return config
-
-    cache = load_cache(resolve_cache(cfg("a")))
-    uninterrupted = run_fold(cfg("a"), 0, cache, tmp_path / "a")
-    with pytest.raises(RuntimeError, match="stopped"):
-        run_fold(cfg("b", stop={"_target_": "tests.test_slurm.StopAtEpochEnd", "epoch": 2}), 0, cache, tmp_path / "b")
-    assert (tmp_path / "b" / "folds" / "fold_00" / "checkpoints" / "last.ckpt").is_file()
-    resumed = run_fold(cfg("b"), 0, cache, tmp_path / "b")  # epochs 2 and 3
-    pd.testing.assert_frame_equal(resumed, uninterrupted, check_exact=True)
-
-
 # --------------------------------------------------------------------------------------------
 # Through sbatch
 
