@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-fast clean
+.PHONY: setup train test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ train: setup
 
 test: setup
 	$(PY) -m pytest $(ARGS)
+
+# Every baseline recipe under LOSO on the default corpus: one leaderboard, multirun/<dataset>/<time>/table.md.
+bench: setup
+	$(PY) train.py -m 'experiment=glob(bench/*)' $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(ARGS)
