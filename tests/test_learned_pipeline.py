@@ -87,7 +87,8 @@ def paper_result(tiny_corpus, weights, interpolated_clip):
 def test_experiment_composes_the_papers_settings_for_both_commands(weights):
     cfg = compose_preprocess("experiment=paper_synthetic", "paths.weights_dir=/opt/mer-weights")
     worker = pipeline.worker_config(cfg)
-    assert set(worker) == {"dataset", "frames", "rois", "interpolation", "magnification", "motion", "preprocess"}
+    assert set(worker) == {"dataset", "representation", "frames", "rois", "interpolation", "magnification", "motion",
+                           "stabilize", "preprocess"}
     assert worker["interpolation"] == {"name": "rife", "weights": "/opt/mer-weights/rife/flownet.pkl",
                                        "verify_hash": True, "tolerance": 0.01, "max_calls": 8, "batch_size": 16,
                                        "device": "cpu"}
