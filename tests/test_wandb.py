@@ -31,8 +31,8 @@ def wandb_records(path: Path):
             continue
         length = int.from_bytes(data[offset + 4: offset + 6], "little")
         kind = data[offset + 6]
-        if kind == 0:
-            break
+        if kind == 0 or offset + HEADER + length > len(data):
+            break  # the end, or a last record wandb's writer is still flushing
         pending += data[offset + HEADER: offset + HEADER + length]
         offset += HEADER + length
         if kind in (FULL, LAST):
