@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from tests.slurm_cluster import PARTITION, SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
+from tests.test_sweep import job_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger(__name__)
@@ -76,15 +77,6 @@ def finish(process: subprocess.Popen, cluster: SlurmCluster, timeout: float = 24
         pytest.fail(f"train.py still running after {timeout} s\n{output[-4000:]}\n{cluster.squeue()}\n"
                     f"{cluster.logs_text()}")
     return output
-
-
-def job_dirs(sweep: Path) -> dict[tuple[int, int], Path]:
-    """(fold, frames) -> job directory, from each job's .hydra/overrides.yaml."""
-    jobs = {}
-    for overrides_file in sweep.glob("*/.hydra/overrides.yaml"):
-        overrides = dict(o.split("=", 1) for o in OmegaConf.load(overrides_file))
-        jobs[int(overrides["fold"]), int(overrides["frames"])] = overrides_file.parent.parent
-    return jobs
 
 
 def slurm_logs(sweep: Path, job_id: str) -> str:

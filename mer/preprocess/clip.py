@@ -350,6 +350,7 @@ class _FaceCrops:
     face_in_crop: FaceBox
     transforms: np.ndarray  # (T, 2, 3)
     motion: MotionSpec  # with the clip's global-motion region when that removal is on
+    onset_landmarks: np.ndarray | None  # (68, 2) crop pixels, when stabilisation needed them
 
 
 def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any], stages: _Stages,
@@ -374,7 +375,7 @@ def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg:
         check_frame_changes(crops, names, float(settings.get("max_frame_change", 0.1)))
         face_in_crop = box_in_crop(face, box, stages.crop_size)
 
-    motion = stages.motion
+    motion, points = stages.motion, None
     with _timed(timings, "stabilize"):
         transforms = np.tile(np.eye(2, 3, dtype=np.float32), (len(crops), 1, 1))
         if stages.stabilize.active:
@@ -385,7 +386,7 @@ def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg:
             crops, transforms = register_frames(crops, stages.stabilize, region)
             if stages.stabilize.remove_global_motion != "none" and motion.computed_by is None:
                 motion = dataclasses.replace(motion, global_motion=stages.stabilize.remove_global_motion, region=region)
-    return _FaceCrops(stamps, numbers, crops, face, box, face_in_crop, transforms, motion)
+    return _FaceCrops(stamps, numbers, crops, face, box, face_in_crop, transforms, motion, points)
 
 
 def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
@@ -411,7 +412,10 @@ def _flow_image_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path],
         flow = clip.motion.flows(onset, apex[None])[0]  # (S, S, 2) crop pixels
         image = flow_image(flow, stages.flow_image)  # (C, s, s)
     with _timed(timings, "landmarks"):
-        points = landmarks(onset, clip.face_in_crop, face_cfg.get("predictor"))
+        # The onset crop is the registration's reference, left as it was: its landmarks serve again.
+        points = clip.onset_landmarks
+        if points is None:
+            points = landmarks(onset, clip.face_in_crop, face_cfg.get("predictor"))
         points = (points + 0.5) * np.float32(stages.flow_image.size / stages.crop_size) - 0.5
     return ClipResult(
         patches=image, landmarks=points.astype(np.float32), timings=timings, onset=onset.copy(),

@@ -24,6 +24,7 @@ the cache key.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,19 +107,14 @@ class Stabilization:
         """
         if cfg is None:
             return cls(register="none", remove_global_motion="none")
-        known = {"name", "register", "remove_global_motion", "iterations", "epsilon", "smoothing", "exclude", "margin"}
-        unknown = sorted(set(cfg) - known)
+        fields = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(cfg) - fields - {"name"})
         if unknown:
-            raise ConfigError(f"unknown stabilize setting(s) {unknown}; known: {sorted(known - {'name'})}")
-        return cls(
-            register=str(cfg.get("register", "translation")),
-            remove_global_motion=str(cfg.get("remove_global_motion", "median")),
-            iterations=int(cfg.get("iterations", 100)),
-            epsilon=float(cfg.get("epsilon", 1e-6)),
-            smoothing=int(cfg.get("smoothing", 5)),
-            exclude=tuple(tuple(int(i) for i in group) for group in cfg.get("exclude", MOVING_REGIONS)),
-            margin=float(cfg.get("margin", 0.04)),
-        )
+            raise ConfigError(f"unknown stabilize setting(s) {unknown}; known: {sorted(fields)}")
+        settings = {key: value for key, value in cfg.items() if key in fields}
+        if "exclude" in settings:  # lists from YAML -> tuples (the dataclass is frozen and hashable)
+            settings["exclude"] = tuple(tuple(int(i) for i in group) for group in settings["exclude"])
+        return cls(**settings)
 
     def region(self, points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """The stable region of a face: the hull of its 68 landmarks less the widened hulls of :attr:`exclude`.
