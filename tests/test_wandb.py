@@ -97,8 +97,13 @@ def test_fold_parallel_run_of_every_fold_logs_three_fold_runs_and_its_summary(ti
             "preprocess_if_missing=true", f"paths.cache_dir={tmp_path / 'cache'}", "preprocess.workers=1",
             "trainer.max_epochs=2", "data.batch_size=4", "trainer.fold_parallel=true", f"paths.output_dir={tmp_path / 'out'}"])
     summary = run_loso(cfg, tmp_path / "out")
+    # The runs were made in this process: their records reach the run files for certain only when wandb's
+    # service process ends (a subprocess run ends it on exit), so end it before reading them.
+    import wandb
+
+    wandb.teardown()
     runs = [run_info(run) for run in sorted((tmp_path / "out" / "wandb").glob("offline-run-*"))]
-    assert sorted(r["job_type"] for r in runs) == ["fold", "fold", "fold", "summary"]
+    assert sorted(r.get("job_type", "no run record") for r in runs) == ["fold", "fold", "fold", "summary"], runs
     assert len({r["group"] for r in runs}) == 1
     fold_run = next(r for r in runs if r["job_type"] == "fold")
     assert {"train/loss", "train/uf1", "test/uf1", "epoch"} <= fold_run["summary"]
