@@ -50,7 +50,7 @@ from torch.nn import functional as F
 
 from mer.data.datamodule import LOSODataModule
 from mer.metrics import metric_collection
-from mer.models import build_model
+from mer.models import build_model, count_parameters
 from mer.optim import build_optimizer
 from mer.preprocess.cache import Cache
 
@@ -436,7 +436,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     """
     from mer.loso import (
         ResumeMismatchError, check_resumable, close_loggers, discard_fold, fold_identity, fold_loggers,
-        read_fold_predictions, write_fold_info, write_fold_predictions,
+        read_fold_predictions, update_fold_info, write_fold_info, write_fold_predictions,
     )
 
     out_dir = Path(out_dir)
@@ -475,6 +475,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         pl.seed_everything(seed, workers=True, verbose=False)
         models.append(build_model(cfg.model, region_sizes=region_sizes, num_paths=num_paths,
                                   num_classes=len(class_names), in_channels=in_channels, au_adjacency=split.au_adjacency))
+    parameters = count_parameters(models[0])
     pl.seed_everything(seed, workers=True, verbose=False)
     lr, weight_decay = float(cfg.optim.lr), float(cfg.optim.weight_decay)
     stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device,
@@ -537,6 +538,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names), start_epoch=start_epoch,
                                       on_epoch_end=on_epoch_end, log_epochs=progress is None or not progress.quiet)
 
+    # The folds trained as one: each fold's share of the joint training time, so that the folds' sum is the wall time.
+    train_seconds = round((time.perf_counter() - started) / len(pending), 3)
     samples = cache.samples
     subjects, clips = samples["subject"].astype(str).to_numpy(), samples["clip"].astype(str).to_numpy()
     test_metrics = metric_collection(len(class_names), prefix="test/")
@@ -547,6 +550,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         fold_test = {k: float(v) for k, v in test_metrics.compute().items()}
         test_metrics.reset()
         _log_history(cfg, split.fold, history, f, fold_test, wandb_group, fold_loggers, close_loggers)
+        update_fold_info(out_dir, split.fold, parameters=parameters, train_seconds=train_seconds)
         tables[split.fold] = write_fold_predictions(cfg, split.fold, split.test_subject, table, out_dir, cache.samples)
     log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
     checkpoint.unlink(missing_ok=True)

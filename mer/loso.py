@@ -37,8 +37,8 @@ from mer.preprocess.cache import (
     Cache, CacheMissingError, atomic_write_text, cache_dir_for, cache_key, is_complete, load_cache,
 )
 from mer.report import (
-    PREDICTION_COLUMNS, configuration, configuration_key, configuration_label, log_summary_to_wandb, wandb_group,
-    write_summary,
+    PREDICTION_COLUMNS, configuration, configuration_key, configuration_label, log_summary_to_wandb, training_cost,
+    wandb_group, write_summary,
 )
 
 log = logging.getLogger(__name__)
@@ -555,8 +555,9 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
         return None
     predictions = pd.concat(tables, ignore_index=True)
     config = resolved_config(cfg)
+    cost = training_cost([_fold_dir(out_dir, fold) / "predictions.csv" for fold in folds])
     summary = write_summary(out_dir, predictions, cache.manifest["classes"], config,
-                            title=f"{cfg.experiment_name}: LOSO over {len(tables)} subjects")
+                            title=f"{cfg.experiment_name}: LOSO over {len(tables)} subjects", extra=cost)
     if group is not None:
         wandb_node = config["logger"]["wandb"]
         log_summary_to_wandb(summary, out_dir, wandb_node, group=wandb_node.get("group") or group,

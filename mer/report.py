@@ -85,7 +85,10 @@ def summary_markdown(summary: dict[str, Any], title: str = "LOSO summary") -> st
     lines = [
         f"# {title}",
         "",
-        f"Pooled over {summary['num_folds']} folds, {summary['clips']} clips (MEGC protocol).",
+        f"Pooled over {summary['num_folds']} folds, {summary['clips']} clips (MEGC protocol)."
+        + (f" Model: {summary['parameters']:,} trainable parameters." if summary.get("parameters") is not None else "")
+        + (f" Training: {summary['train_seconds']:.0f} s over the folds." if summary.get("train_seconds") is not None
+           else ""),
         "",
         f"| metric | pooled | {ci_heading(summary.get('ci'))} | per-fold mean (classes present in the fold) |",
         "|---|---|---|---|",
@@ -280,6 +283,24 @@ def _job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(p.parent.parent for p in Path(sweep_dir).rglob(".hydra/config.yaml"))
 
 
+def training_cost(prediction_files: Sequence[Path]) -> dict[str, Any]:
+    """What training the folds cost, read from the ``fold.json`` beside each fold's ``predictions.csv``.
+
+    Returns:
+        ``parameters``: the model's trainable parameters (None when no fold recorded it);
+        ``train_seconds``: the folds' training seconds summed (fold-parallel folds record their share of the joint
+        time, so the sum is the wall time of training either way; None when a fold did not record it).
+    """
+    parameters, seconds = None, []
+    for prediction_file in prediction_files:
+        info_file = Path(prediction_file).parent / "fold.json"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        parameters = parameters if parameters is not None else info.get("parameters")
+        seconds.append(info.get("train_seconds"))
+    total = None if not seconds or None in seconds else round(float(sum(seconds)), 1)
+    return {"parameters": parameters, "train_seconds": total}
+
+
 def _collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """Group the job directories of a sweep by configuration and, within one, by seed, with the fold predictions
     each seed's jobs found."""
@@ -324,6 +345,19 @@ def seed_statistics(values: Sequence[float]) -> dict[str, Any]:
     values = np.asarray(values, dtype=np.float64)
     return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else None,
             "n": int(len(values))}
+
+
+def seed_costs(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """``parameters``, ``train_seconds`` (mean over the seeds that recorded it) and ``per_source_uf1`` (mean over
+    seeds per source; None for a single-source corpus) of a configuration's seeds."""
+    scored = [entry for entry in per_seed if entry.get("uf1") is not None]
+    parameters = next((e["parameters"] for e in scored if e.get("parameters") is not None), None)
+    seconds = [e["train_seconds"] for e in scored if e.get("train_seconds") is not None]
+    sources = sorted({source for e in scored for source in e.get("per_source_uf1") or {}})
+    per_source = {source: float(np.mean([e["per_source_uf1"][source] for e in scored
+                                         if source in (e.get("per_source_uf1") or {})])) for source in sources}
+    return {"parameters": parameters, "train_seconds": round(float(np.mean(seconds)), 1) if seconds else None,
+            "per_source_uf1": per_source or None}
 
 
 def seed_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -423,6 +457,7 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
             "missing_by_seed": {str(seed): missing for seed, missing in missing_by_seed.items() if missing},
             "complete": complete, "uf1": None, "uar": None, "accuracy": None, "uf1_std": None, "uar_std": None,
             "accuracy_std": None, "ci": None, "per_seed": [], "summary_dir": None,
+            "parameters": None, "train_seconds": None, "per_source_uf1": None,
         }
         rows.append(row)
         if not any(group["seeds"].values()):
@@ -452,9 +487,11 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
             except ValueError as error:  # e.g. a class absent from the folds found so far
                 entry["error"] = str(error)
                 continue
-            entry.update({k: summary[k] for k in ("uf1", "uar", "accuracy", "ci")})
+            entry.update({k: summary[k] for k in ("uf1", "uar", "accuracy", "ci")}, **training_cost(list(files.values())))
+            if "per_dataset" in summary:
+                entry["per_source_uf1"] = {source: m["uf1"] for source, m in summary["per_dataset"].items()}
             summaries[seed] = (predictions, classes, title, out / f"seed={seed}" if several else out)
-        over_seeds = seed_summary(per_seed)
+        over_seeds = seed_summary(per_seed) | seed_costs(per_seed)
         for seed, (predictions, classes, title, target) in summaries.items():
             # One seed: its summary is the configuration's, with the per-seed record beside it.
             summary = write_summary(target, predictions, classes, config, title=title,
@@ -480,6 +517,7 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
         if errors:
             row["error"] = "; ".join(errors)
         row.update({"num_seeds": over_seeds["num_seeds"], "per_seed": per_seed,
+                    **{k: over_seeds[k] for k in ("parameters", "train_seconds", "per_source_uf1")},
                     **{k: over_seeds["mean"][k] for k in ("uf1", "uar", "accuracy")},
                     **{f"{k}_std": over_seeds["std"][k] for k in ("uf1", "uar", "accuracy")},
                     "ci": per_seed[0]["ci"] if not several else None})
@@ -497,7 +535,10 @@ def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()
     lines = []
     if common_overrides:
         lines += [f"Overrides shared by every configuration: `{','.join(common_overrides)}`", ""]
-    lines += ["| configuration | folds | seeds | UF1 | UAR | accuracy |", "|---|---|---|---|---|---|"]
+    sources = sorted({source for r in rows for source in r.get("per_source_uf1") or {}})
+    lines += ["| configuration | folds | seeds | UF1 | UAR | accuracy | " + "".join(f"UF1 {s} | " for s in sources)
+              + "parameters | train s |",
+              "|---|---|---|---|---|---|" + "---|" * len(sources) + "---:|---:|"]
     for r in rows:
         folds = f"{r['folds_found']}/{r['folds_expected'] if r['folds_expected'] is not None else '?'}"
         if not r["complete"]:
@@ -516,6 +557,10 @@ def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()
             else:
                 bounds = (r.get("ci") or {}).get(k)
                 cells.append(f"{r[k]:.4f}" + ("" if bounds is None else f" {format_interval(bounds)}"))
+        per_source = r.get("per_source_uf1") or {}
+        cells += [f"{per_source[source]:.4f}" if source in per_source else "n/a" for source in sources]
+        cells.append(f"{r['parameters']:,}" if r.get("parameters") is not None else "n/a")
+        cells.append(f"{r['train_seconds']:.0f}" if r.get("train_seconds") is not None else "n/a")
         seeds = str(len(r.get("seeds") or [])) if r.get("seeds") else "0"
         lines.append(f"| {r['name']} | {folds} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -212,6 +213,11 @@ def test_run_loso_fold_parallel_files_resume_and_interrupted_run(tiny_overrides,
         assert (tmp_path / "a" / "logs" / f"fold_{fold:02d}" / "metrics.csv").is_file()
         assert (tmp_path / "a" / "folds" / f"fold_{fold:02d}" / "fold.json").is_file()
     assert not (tmp_path / "a" / fold_parallel.CHECKPOINT).exists()
+    # Each fold records the model's size and its share of the joint training time; the summary their total.
+    infos = [json.loads((tmp_path / "a" / "folds" / f"fold_{f:02d}" / "fold.json").read_text()) for f in range(3)]
+    assert len({i["parameters"] for i in infos}) == 1 and len({i["train_seconds"] for i in infos}) == 1
+    assert summary["parameters"] == infos[0]["parameters"] > 0
+    assert summary["train_seconds"] == pytest.approx(3 * infos[0]["train_seconds"], abs=0.1)
 
     # An interrupted run (killed after its first epoch) resumes from its saved state and ends where
     # the uninterrupted run ended: same RNG streams, same numbers.

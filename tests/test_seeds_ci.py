@@ -145,3 +145,36 @@ def test_single_run_summary_carries_the_interval(tmp_path) -> None:
     assert stored["ci"]["uf1"][0] <= stored["uf1"] <= stored["ci"]["uf1"][1]
     text = (tmp_path / "summary.md").read_text()
     assert "95 % CI (bootstrap over 6 subjects)" in text and f"[{stored['ci']['uf1'][0]:.4f}, " in text
+
+
+def test_the_table_reports_parameters_training_seconds_and_per_source_uf1(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    # Two seeds of one configuration; fold 0 is a CASME II subject predicted right, fold 1 a SAMM subject predicted
+    # as class 1 throughout. Training seconds per fold: seed 0 10 + 20 = 30, seed 1 30 + 40 = 70 -> mean 50.
+    for seed, seconds in ((0, (10.0, 20.0)), (1, (30.0, 40.0))):
+        for fold, (predictions, source) in enumerate(((RIGHT, "casme2"), (WRONG, "samm"))):
+            job = fake_job(sweep, [f"fold={fold}", f"seed={seed}"], {fold: predictions}, 2)
+            fold_dir = job / "folds" / f"fold_{fold:02d}"
+            info = json.loads((fold_dir / "fold.json").read_text())
+            (fold_dir / "fold.json").write_text(json.dumps({**info, "parameters": 1683, "train_seconds": seconds[fold]}))
+            table = pd.read_csv(fold_dir / "predictions.csv")
+            table.assign(dataset=source).to_csv(fold_dir / "predictions.csv", index=False)
+    (row,) = aggregate_sweep(sweep)
+    assert row["parameters"] == 1683 and row["train_seconds"] == pytest.approx(50.0)
+    assert [s["train_seconds"] for s in row["per_seed"]] == pytest.approx([30.0, 70.0])
+    # SAMM on its own: labels 0, 1, 2 all predicted 1 -> F1 0, 2/(2 + 2) = 1/2, 0 -> UF1 1/6; CASME II right: 1.
+    assert row["per_source_uf1"] == pytest.approx({"casme2": 1.0, "samm": 1 / 6})
+    table = (sweep / "table.md").read_text()
+    assert "| UF1 casme2 | UF1 samm | parameters | train s |" in table
+    assert "| 1.0000 | 0.1667 | 1,683 | 50 |" in table
+    summary = json.loads((sweep / "summaries" / "default" / "summary.json").read_text())
+    assert summary["parameters"] == 1683 and summary["train_seconds"] == pytest.approx(50.0)
+
+
+def test_folds_without_a_recorded_cost_show_n_a(tmp_path) -> None:
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, ["fold=0"], {0: RIGHT}, 2)
+    fake_job(sweep, ["fold=1"], {1: RIGHT}, 2)
+    (row,) = aggregate_sweep(sweep)
+    assert row["parameters"] is None and row["train_seconds"] is None and row["per_source_uf1"] is None
+    assert "| n/a | n/a |" in (sweep / "table.md").read_text()

@@ -58,6 +58,11 @@ def test_loso_writes_pooled_summary(tiny_run):
     stored = json.loads((out / "summary.json").read_text())
     assert stored["uf1"] == pytest.approx(summary["uf1"]) and 0 <= stored["uf1"] <= 1
     assert stored["num_folds"] == 3 and len(stored["folds"]) == 3
+    # What the model cost: its trainable parameters and the folds' training seconds (summed over fold.json files).
+    infos = [json.loads((out / "folds" / f"fold_{f:02d}" / "fold.json").read_text()) for f in range(3)]
+    assert stored["parameters"] == infos[0]["parameters"] > 0
+    assert stored["train_seconds"] > 0
+    assert stored["train_seconds"] == pytest.approx(sum(i["train_seconds"] for i in infos), abs=0.1)
     probabilities = predictions[[c for c in predictions.columns if c.startswith("prob_")]]
     assert probabilities.shape[1] == 3 and (probabilities.sum(axis=1) - 1).abs().max() < 1e-5
     for fold in range(3):
