@@ -76,12 +76,12 @@ def resolve_cache(cfg: DictConfig) -> Path:
     problem = _cache_problem(cfg, directory)
     if problem is None:
         return directory
+    # What would stop the run once the cache is built, found before building it (or asking for it).
+    _check_folds_before_building(cfg)
     if cfg.get("preprocess_if_missing", False):
         from mer.preprocess.pipeline import run_preprocessing
 
-        # What would stop the run once the cache is built, found before building it.
         check_writable(directory, "paths.cache_dir", cfg.paths.cache_dir)
-        _check_folds_before_building(cfg)
         with _exclusive_lock(directory.with_name(directory.name + ".lock")):
             # Another job may have built or updated it while this one waited (a rebuild is done here regardless).
             if not cfg.preprocess.get("rebuild", False) and _cache_problem(cfg, directory) is None:
