@@ -477,7 +477,8 @@ def _root_of(dataset_cfg: Mapping[str, Any]) -> str | None:
 def _full_key(dataset_cfg: Mapping[str, Any], key: str) -> str:
     """The dotted name a user overrides: ``dataset.root``, or ``dataset.sources.smic.root`` inside a composite."""
     full_key = getattr(dataset_cfg, "_get_full_key", None)
-    return str(full_key(key)) if full_key is not None else f"dataset.{key}"
+    name = str(full_key(key)) if full_key is not None else key
+    return name if name.startswith("dataset.") else f"dataset.{name}"  # a dataset node loaded on its own
 
 
 def resolve_frames_root(root: Path, frames_subdir: str | Sequence[str] | None) -> Path:
