@@ -243,3 +243,38 @@ def test_entry_points_print_the_message_without_a_traceback(tmp_path: Path, scri
     # Hydra's own run folder (its .hydra config and log) is all there is: no corpus, no cache, no summary.
     assert not (tmp_path / "corpus").exists() and not (tmp_path / "cache").exists()
     assert {path.name for path in (tmp_path / "run").iterdir()} <= {".hydra", "train.log", "preprocess.log"}
+
+
+def test_every_shipped_config_passes_the_checks() -> None:
+    """The experiment recipes and dataset configs as shipped break no rule (given a corpus root)."""
+    experiments = sorted(path.relative_to(REPO / "conf" / "experiment").with_suffix("").as_posix()
+                         for path in (REPO / "conf" / "experiment").rglob("*.yaml") if path.stem != "ablations")
+    datasets = sorted(path.stem for path in (REPO / "conf" / "dataset").glob("*.yaml"))
+    assert len(experiments) > 5 and "composite" in datasets
+    for overrides in [[f"experiment={name}"] for name in experiments] + [[f"dataset={name}"] for name in datasets]:
+        cfg = compose_train(*overrides, "dataset.root=/data", "paths.output_dir=/x")
+        assert settings_problems(cfg, "train") == [], overrides
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus preprocessed (N = 2): its cache folder (``paths.cache_dir``)."""
+    cache = tmp_path_factory.mktemp("settings_cache")
+    run_preprocessing(compose_preprocess(f"dataset.root={tiny_corpus}", f"paths.cache_dir={cache}", "frames=2",
+                                         "preprocess.workers=1", "dataset.generate_if_missing=false"), progress=False)
+    return cache
+
+
+def test_fold_out_of_range_of_a_built_cache_in_a_read_only_folder(tiny_corpus: Path, tiny_cache: Path,
+                                                                  tmp_path: Path) -> None:
+    """A complete cache is read from a read-only folder; a fold it does not have stops before any training."""
+    before = sorted(str(path) for path in tiny_cache.rglob("*"))
+    with read_only(tiny_cache):
+        for override, message in (("fold=3", "fold=3 is out of range: the cache "),
+                                  ("data.val_subjects=2", "data.val_subjects=2 is too large: the cache ")):
+            cfg = compose_train(f"dataset.root={tiny_corpus}", f"paths.cache_dir={tiny_cache}", "frames=2",
+                                "dataset.generate_if_missing=false", f"paths.output_dir={tmp_path / 'out'}", override)
+            with pytest.raises(ConfigError, match=re.escape(message) + r"\S+ has 3 subjects"):
+                run_loso(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(str(path) for path in tiny_cache.rglob("*")) == before
