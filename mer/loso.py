@@ -131,16 +131,12 @@ def _check_folds_before_building(cfg: DictConfig) -> None:
     """
     if cfg.get("fold") is None and int(cfg.data.get("val_subjects", 0) or 0) <= 0:
         return
-    import mer.data.samples as samples_module
+    from mer.data.samples import quiet_reading, read_sample_table
 
-    announced = set(samples_module._ANNOUNCED)
-    loggers = [logging.getLogger(name) for name in ("mer.data.samples", "mer.data.corpora")]
-    levels = [logger.level for logger in loggers]
     subjects, where = None, ""
     try:
-        for logger in loggers:
-            logger.setLevel(logging.CRITICAL + 1)
-        table, _ = samples_module.read_sample_table(cfg.dataset, on_error="skip")
+        with quiet_reading():
+            table, _ = read_sample_table(cfg.dataset, on_error="skip")
         subjects, where = sorted(table["subject"].unique()), f"the sample table of {cfg.dataset.name}"
     except (OSError, ValueError):  # no sheet yet, or a sheet error that preprocessing reports in full
         generator = cfg.dataset.get("generator") if cfg.dataset.get("generate_if_missing", False) else None
@@ -148,12 +144,7 @@ def _check_folds_before_building(cfg: DictConfig) -> None:
             subject_format = str(cfg.dataset.get("subject_format") or "{}")
             subjects = [subject_format.format(k + 1) for k in range(int(generator.subjects))]
             where = f"the synthetic corpus to be generated (dataset.generator.subjects={int(generator.subjects)})"
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-        samples_module._ANNOUNCED.clear()
-        samples_module._ANNOUNCED.update(announced)  # the real read announces the sheet
-    if subjects is not None:
+    if subjects:  # none at all: preprocessing says why (0 usable clips)
         check_folds(cfg, subjects, where)
 
 

@@ -397,3 +397,22 @@ def test_a_synthetic_root_holding_other_things_is_left_alone(tmp_path: Path) -> 
                                                     "no corpus is generated there")):
         ensure_corpus(cfg)
     assert [path.name for path in root.iterdir()] == ["notes.txt"]
+
+
+def test_a_quiet_look_ahead_leaves_the_report_to_the_real_read(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """train.py counts a corpus's subjects before building its cache (to check ``fold``) without a word; the read
+    that builds it still says which sheet it uses and every problem."""
+    from mer.data.samples import quiet_reading
+
+    root = build_casme2(tmp_path / "CASME2", sheet_version="v2014")
+    with caplog.at_level(logging.INFO):
+        with quiet_reading():
+            read_sample_table(compose_cfg("preprocess", "dataset=casme2", f"dataset.root={root}").dataset,
+                              on_error="skip")
+        assert not [r for r in caplog.records if r.name.startswith("mer.data")]
+        read_sample_table(compose_cfg("preprocess", "dataset=casme2", f"dataset.root={root}").dataset,
+                          on_error="skip")
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("mer.data")]
+    assert any(f"coding sheet {CASME2_SHEETS['v2014']}" in m for m in messages)
+    assert any("non-numeric apex '/'" in m for m in messages)

@@ -47,7 +47,8 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -410,6 +411,27 @@ def resolve_sheet(dataset_cfg: Any) -> str | None:
            + f"; pin a sheet with {_full_key(dataset_cfg, 'sheet_version')}=<{'|'.join(v for v, _ in candidates)}>")
     _announce_sheet(dataset_cfg, version, name, how, logging.WARNING if missing else logging.INFO)
     return version
+
+
+@contextmanager
+def quiet_reading() -> Iterator[None]:
+    """Read sample tables in the block without a word: no problem logged, no sheet announced.
+
+    For a look ahead (how many subjects a corpus has) before the read that reports: that read still logs every
+    problem and says which sheet it uses.
+    """
+    announced = set(_ANNOUNCED)
+    loggers = [logging.getLogger(name) for name in (__name__, "mer.data.corpora")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        _ANNOUNCED.clear()
+        _ANNOUNCED.update(announced)
 
 
 def _is_interpolation(dataset_cfg: Any, key: str) -> bool:
