@@ -39,7 +39,12 @@ Every stage reads clips through :func:`read_sample_table`. The reader is generic
 
 Problems found on the way are :class:`Problem` records naming the sheet row and the clip. ``on_error="raise"``
 raises :class:`AnnotationError` on the first fatal one; ``on_error="skip"`` drops the clips with fatal problems and
-returns every problem.
+returns every problem. A clip whose rows disagree (two rows, different emotions or frames) and a clip folder with two
+files of one frame number (``img300.jpg``, ``img0300.jpg``) are such per-clip problems. What no clip can be read
+past stops the read with an :class:`AnnotationError` naming it: a damaged sheet file, a header not where
+``header_row`` says (the row that looks like the header is named), a sheet without rows below its header.
+:func:`class_coverage` judges a table before LOSO (no clip, a class without clips, a class of one subject); the
+list of faults and what each does is docs/reliability.md, "Sheets and corpora".
 """
 from __future__ import annotations
 
