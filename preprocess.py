@@ -17,27 +17,28 @@ log = logging.getLogger("preprocess")
 
 @hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from mer.data.samples import SheetNotFoundError
+    from mer.data.samples import AnnotationError, SheetNotFoundError
+    from mer.preprocess.cache import AtomicWriteError
+    from mer.preprocess.errors import ConfigError
 
+    # A setting no run can use, a missing or unreadable sheet, a sheet no clip can come from, a file that could
+    # not be written: the message names it and says what to fix; no traceback.
+    user_errors = (ConfigError, SheetNotFoundError, AnnotationError, AtomicWriteError)
     if cfg.check:
         from mer.preprocess.check import check_dataset
 
         try:
             usable = check_dataset(cfg)
-        except SheetNotFoundError as error:  # its message lists what the root holds and the key to set
+        except user_errors as error:
             sys.exit(f"error: {error}")
         if not usable:
             sys.exit(1)
         return
-    from mer.preprocess.cache import AtomicWriteError
-    from mer.preprocess.errors import ConfigError
     from mer.preprocess.pipeline import run_preprocessing
 
     try:
         out = run_preprocessing(cfg)
-    except (ConfigError, SheetNotFoundError, AtomicWriteError) as error:
-        # A config no clip can run with (missing weights, no coding sheet, ...), or a file that could not be
-        # written (disk full): its message says what to fix; no traceback.
+    except user_errors as error:
         sys.exit(f"error: {error}")
     print(f"cache: {out}")
     if cfg.visualize:

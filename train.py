@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 def _train(cfg: DictConfig) -> None:
     from mer.console import quiet_lightning
-    from mer.data.samples import SheetNotFoundError
+    from mer.data.samples import AnnotationError, SheetNotFoundError
     from mer.loso import ResumeMismatchError, format_summary, job_output_dir, run_loso
     from mer.preprocess.cache import AtomicWriteError, CacheMissingError
     from mer.preprocess.errors import ConfigError
@@ -52,9 +52,10 @@ def _train(cfg: DictConfig) -> None:
     out_dir = job_output_dir(cfg)
     try:
         summary = run_loso(cfg, out_dir)
-    except (ConfigError, SheetNotFoundError, ResumeMismatchError, CacheMissingError, AtomicWriteError) as error:
-        # A setting no fold can run with, a missing sheet, another configuration's folds, a missing or stale
-        # cache, a file that could not be written: the message names it and says what to change; no traceback.
+    except (ConfigError, SheetNotFoundError, AnnotationError, ResumeMismatchError, CacheMissingError,
+            AtomicWriteError) as error:
+        # A setting no fold can run with, a missing or unusable sheet, another configuration's folds, a missing or
+        # stale cache, a file that could not be written: the message names it and says what to change; no traceback.
         if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
             raise  # the job's own log shows it and the job ends FAILED (see main)
         sys.exit(f"error: {error}")

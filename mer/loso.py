@@ -36,6 +36,7 @@ from mer.preprocess.flow_image import representation_name
 from mer.preprocess.cache import (
     Cache, CacheMissingError, atomic_write_text, cache_dir_for, cache_key, is_complete, load_cache,
 )
+from mer.settings import SELECTION_MONITORS, check_folds, check_settings, check_writable
 from mer.report import (
     PREDICTION_COLUMNS, configuration, configuration_key, configuration_label, log_summary_to_wandb, training_cost,
     wandb_group, write_summary,
@@ -43,8 +44,6 @@ from mer.report import (
 
 log = logging.getLogger(__name__)
 
-#: Validation metrics a checkpoint can be selected on, and whether larger is better.
-SELECTION_MONITORS = {"val/uf1": "max", "val/uar": "max", "val/accuracy": "max", "val/loss": "min"}
 
 #: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
 FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
@@ -77,23 +76,76 @@ def resolve_cache(cfg: DictConfig) -> Path:
     problem = _cache_problem(cfg, directory)
     if problem is None:
         return directory
+    # What would stop the run once the cache is built, found before building it (or asking for it).
+    _check_folds_before_building(cfg)
     if cfg.get("preprocess_if_missing", False):
         from mer.preprocess.pipeline import run_preprocessing
 
+        check_writable(directory, "paths.cache_dir", cfg.paths.cache_dir)
         with _exclusive_lock(directory.with_name(directory.name + ".lock")):
             # Another job may have built or updated it while this one waited (a rebuild is done here regardless).
             if not cfg.preprocess.get("rebuild", False) and _cache_problem(cfg, directory) is None:
                 return directory
             return run_preprocessing(cfg)
-    overrides = " ".join(
-        f"{k}={v}" for k, v in (
-            ("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
-            ("dataset.class_set", cfg.dataset.get("class_set")), ("frames", cfg.frames),
-            ("rois", cfg.rois.name), ("interpolation", cfg.interpolation.name),
-            ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
-        ) if v is not None
-    )
-    raise CacheMissingError(f"{problem}; build it with:\n  python preprocess.py {overrides}")
+    raise CacheMissingError(f"{problem}; build it with:\n  {preprocess_command(cfg)}")
+
+
+#: Top-level keys of train.py's config that preprocess.py has too (the rest only train: fold, trainer, data, ...).
+PREPROCESS_KEYS = ("dataset", "frames", "rois", "interpolation", "magnification", "motion", "representation",
+                   "stabilize", "preprocess", "paths", "experiment")
+
+
+def preprocess_command(cfg: DictConfig) -> str:
+    """The ``preprocess.py`` command that builds the cache of this ``train.py`` run.
+
+    It repeats every override of the command line that ``preprocess.py`` accepts (the dataset, the preprocessing
+    stages, their keys, ``paths.*``, ``experiment``): the cache key hashes them. Training-only overrides (``fold``,
+    ``trainer.*``, ``data.*``, ``paths.output_dir``, ...) are left out: preprocess.py has no such keys. Without a
+    Hydra command line (a config composed in code) the settings that locate a cache are spelled out instead.
+    """
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        kept = []
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key.split(".", 1)[0] in PREPROCESS_KEYS and key != "paths.output_dir" and not key.startswith("hydra"):
+                kept.append(override)
+        return " ".join(["python preprocess.py", *map(shlex.quote, kept)])
+    pairs = (("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
+             ("dataset.class_set", cfg.dataset.get("class_set")), ("frames", cfg.frames),
+             ("rois", cfg.rois.name), ("interpolation", cfg.interpolation.name),
+             ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
+             ("paths.cache_dir", cfg.paths.cache_dir))
+    return " ".join(["python preprocess.py", *(shlex.quote(f"{k}={v}") for k, v in pairs if v is not None)])
+
+
+def _check_folds_before_building(cfg: DictConfig) -> None:
+    """``fold`` and ``data.val_subjects`` against the subjects the cache about to be built will have.
+
+    Read from the sample table (quietly: preprocessing reads and reports it again), or, for a synthetic corpus
+    still to be generated, from its generator's subject count. Where neither is known (no sheet yet), the check
+    waits for the cache (:func:`run_loso` checks it again against the cache's subjects).
+    """
+    if cfg.get("fold") is None and int(cfg.data.get("val_subjects", 0) or 0) <= 0:
+        return
+    from mer.data.samples import quiet_reading, read_sample_table
+
+    subjects, where = None, ""
+    try:
+        with quiet_reading():
+            table, _ = read_sample_table(cfg.dataset, on_error="skip")
+        subjects, where = sorted(table["subject"].unique()), f"the sample table of {cfg.dataset.name}"
+    except (OSError, ValueError):  # no sheet yet, or a sheet error that preprocessing reports in full
+        generator = cfg.dataset.get("generator") if cfg.dataset.get("generate_if_missing", False) else None
+        if generator is not None and generator.get("subjects") is not None:
+            subject_format = str(cfg.dataset.get("subject_format") or "{}")
+            subjects = [subject_format.format(k + 1) for k in range(int(generator.subjects))]
+            where = f"the synthetic corpus to be generated (dataset.generator.subjects={int(generator.subjects)})"
+    if subjects:  # none at all: preprocessing says why (0 usable clips)
+        check_folds(cfg, subjects, where)
 
 
 @contextmanager
@@ -169,18 +221,18 @@ def selection_monitor(cfg: DictConfig) -> str | None:
     """The validation metric the tested checkpoint is chosen on (``selection.monitor``), or None for the last epoch.
 
     Raises:
-        ValueError: An unknown metric, a metric without a validation split (``data.val_subjects=0``),
+        ConfigError: An unknown metric, a metric without a validation split (``data.val_subjects=0``),
             or a validation split with fold-parallel training (which tests the last epoch only).
     """
     monitor = (cfg.get("selection") or {}).get("monitor")
     val_subjects = int(cfg.data.get("val_subjects", 0) or 0)
     if monitor is not None and monitor not in SELECTION_MONITORS:
-        raise ValueError(f"selection.monitor={monitor}: expected null or one of {sorted(SELECTION_MONITORS)}")
+        raise ConfigError(f"selection.monitor={monitor}: expected null or one of {sorted(SELECTION_MONITORS)}")
     if monitor is not None and val_subjects <= 0:
-        raise ValueError(f"selection.monitor={monitor} needs a validation split: set data.val_subjects to 1 or more "
+        raise ConfigError(f"selection.monitor={monitor} needs a validation split: set data.val_subjects to 1 or more "
                          f"(training subjects held out per fold; the test subject is never used for selection)")
     if val_subjects > 0 and cfg.trainer.get("fold_parallel", False):
-        raise ValueError("data.val_subjects > 0 is not supported with trainer.fold_parallel=true "
+        raise ConfigError("data.val_subjects > 0 is not supported with trainer.fold_parallel=true "
                          "(fold-parallel training tests the last epoch); use the sequential or multirun path")
     return monitor
 
@@ -532,12 +584,14 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
         its jobs with ``python -m mer.report``) and in the non-zero ranks of a DDP run.
     """
     out_dir = Path(out_dir)
-    selection_monitor(cfg)  # a bad selection setting fails before any preprocessing or training
+    check_settings(cfg, "train")  # a setting no run can use fails before any preprocessing or training
     check_model_input(cfg.model, representation_name(cfg.get("representation")))
     if cfg.trainer.get("fold_parallel", False) and representation_name(cfg.get("representation")) != "roi_patches":
         raise ConfigError("trainer.fold_parallel=true trains ROI patches only; with representation=flow_image train "
                           "the folds one after another (the default) or as a multirun (-m fold='range(0,K)')")
     cache = load_cache(resolve_cache(cfg))
+    check_folds(cfg, list(cache.subjects), f"the cache {cache.directory}")
+    _check_classes(cache)
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
     # One bar over every epoch of the run (verbose=true: Lightning's own bar and messages instead).
@@ -563,6 +617,21 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
         log_summary_to_wandb(summary, out_dir, wandb_node, group=wandb_node.get("group") or group,
                              name=f"{cfg.experiment_name}-summary", config=config)
     return summary
+
+
+def _check_classes(cache: Cache) -> None:
+    """Every class of the cache has clips (else no fold could be scored); a class of one subject is a warning.
+
+    Raises:
+        AnnotationError: a class without a clip, before any fold trains.
+    """
+    from mer.data.samples import AnnotationError, class_coverage
+
+    errors, warnings = class_coverage(cache.samples, list(cache.manifest["classes"]), f"the cache {cache.directory}")
+    for warning in warnings:
+        log.warning("%s", warning)
+    if errors:
+        raise AnnotationError("\n".join(errors))
 
 
 def format_summary(summary: dict[str, Any]) -> str:

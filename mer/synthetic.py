@@ -1116,7 +1116,12 @@ def ensure_corpus(dataset_cfg: Mapping[str, Any]) -> Path:
         if sheet.exists():
             return root
         generator = dict(dataset_cfg.get("generator") or {})
-        log.info("no annotation sheet under %s: generating the synthetic corpus (%s)", root, generator)
+        # A warning, not a note: a mistyped dataset.root looks just like this, and the run would go on to train on
+        # a freshly generated corpus instead of the one meant.
+        log.warning("dataset.root=%s holds no synthetic corpus (no %s): generating a new corpus there (%s). If you "
+                    "meant an existing corpus, stop and correct dataset.root",
+                    root if root.is_absolute() else f"{root} ({root.absolute()})", sheet.name,
+                    ", ".join(f"{key}={value}" for key, value in generator.items()) or "default settings")
         return generate_corpus(root, subject_format=str(dataset_cfg.get("subject_format", "sub{:02d}")), **generator)
 
 

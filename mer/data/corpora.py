@@ -50,7 +50,7 @@ def rows_from_folders(frames_root: Path, clip_dir: str, frame_regex: str,
     Returns:
         (rows, columns, problems): the header row ``Subject, Filename, Emotion, OnsetFrame, OffsetFrame`` and one row
         per clip folder with frames, sorted by path; the ``dataset.columns`` mapping for them; a fatal problem for
-        every clip folder without a frame matching ``frame_regex``.
+        every clip folder without a frame matching ``frame_regex``, or with two files of one frame number.
 
     Raises:
         ValueError: ``clip_dir`` lacks one of ``FOLDER_FIELDS`` or uses another field.
@@ -73,9 +73,14 @@ def rows_from_folders(frames_root: Path, clip_dir: str, frame_regex: str,
         match = parser.fullmatch(folder.relative_to(frames_root).as_posix())
         if match is None:  # a wildcard crossed a folder boundary it should not have
             continue
-        numbers = list(index_frames(folder, frame_regex))
+        key = f"{match['subject']}/{match['clip']}"
+        try:
+            numbers = list(index_frames(folder, frame_regex))
+        except ValueError as error:  # two files with one frame number: this clip only is unusable
+            problems.append(Problem(row=None, clip=key, fatal=True, message=(
+                f"{source}, clip {key}: {error}: remove or rename one of them")))
+            continue
         if not numbers:
-            key = f"{match['subject']}/{match['clip']}"
             problems.append(Problem(row=None, clip=key, fatal=True, message=(
                 f"{source}, clip {key}: no frame matching {frame_regex!r} in {folder}")))
             continue
@@ -113,7 +118,8 @@ def load_membership(path: str | Path | None = None) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def read_composite(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> tuple[pd.DataFrame, list[Problem]]:
+def read_composite(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
+                   report_unlisted: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
     """The sample table of a composite protocol: the clips of ``dataset.membership`` read from ``dataset.sources``.
 
     Each source is read by :func:`read_sample_table` with its own config (its sheet, layout, class set and apex
@@ -124,6 +130,7 @@ def read_composite(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> t
         dataset_cfg: the composite's ``dataset`` node: ``sources`` (name -> dataset config), ``classes``,
             ``membership`` (csv path, or null for the shipped MEGC2019 list), ``name``.
         on_error: as for :func:`read_sample_table`.
+        report_unlisted: as for :func:`read_sample_table`: each source's clip folders that its sheet does not name.
 
     Returns:
         (table, problems) as :func:`read_sample_table` returns them; the problems are those of listed clips, their
@@ -150,10 +157,12 @@ def read_composite(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> t
     tables, problems = [], []
     for source_name, source_cfg in sources.items():
         listed = membership[membership["source"] == source_name]
-        table, source_problems = read_sample_table(source_cfg, on_error="skip")
-        kept, source_problems = _select_listed(source_name, list_name, table, source_problems, listed, classes)
+        table, source_problems = read_sample_table(source_cfg, on_error="skip", report_unlisted=report_unlisted)
+        unlisted = [problem for problem in source_problems if problem.kind == "unlisted"]
+        kept, source_problems = _select_listed(source_name, list_name, table,
+                                               [p for p in source_problems if p.kind != "unlisted"], listed, classes)
         tables.append(kept)
-        problems.extend(source_problems)
+        problems.extend(source_problems + unlisted)
 
     fatal = [problem for problem in problems if problem.fatal]
     if fatal and on_error == "raise":

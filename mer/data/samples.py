@@ -39,7 +39,12 @@ Every stage reads clips through :func:`read_sample_table`. The reader is generic
 
 Problems found on the way are :class:`Problem` records naming the sheet row and the clip. ``on_error="raise"``
 raises :class:`AnnotationError` on the first fatal one; ``on_error="skip"`` drops the clips with fatal problems and
-returns every problem.
+returns every problem. A clip whose rows disagree (two rows, different emotions or frames) and a clip folder with two
+files of one frame number (``img300.jpg``, ``img0300.jpg``) are such per-clip problems. What no clip can be read
+past stops the read with an :class:`AnnotationError` naming it: a damaged sheet file, a header not where
+``header_row`` says (the row that looks like the header is named), a sheet without rows below its header.
+:func:`class_coverage` judges a table before LOSO (no clip, a class without clips, a class of one subject); the
+list of faults and what each does is docs/reliability.md, "Sheets and corpora".
 """
 from __future__ import annotations
 
@@ -47,7 +52,8 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +97,9 @@ class Problem:
     clip: str
     message: str
     fatal: bool
+    #: ``"row"``: a sheet row (or a clip folder of a corpus without a sheet); ``"unlisted"``: a clip folder on disk
+    #: that no sheet row names (``report_unlisted``; ``clip`` is then its folder, relative to the frames root).
+    kind: str = "row"
 
     def __str__(self) -> str:
         return f"{'error' if self.fatal else 'warning'}: {self.message}"
@@ -241,16 +250,55 @@ def read_sheet_rows(path: Path, sheet: str | int | None = None) -> list[list[str
 
         workbook = load_workbook(path, read_only=True, data_only=True)
         try:
+            names = list(workbook.sheetnames)
             if sheet is None:
                 worksheet = workbook.worksheets[0]
             elif isinstance(sheet, int):
+                if not -len(names) <= sheet < len(names):
+                    raise AnnotationError(f"{path} has no worksheet {sheet} (dataset.sheet, 0-based): it has "
+                                          f"{len(names)}: {names}")
                 worksheet = workbook.worksheets[sheet]
             else:
+                if sheet not in names:
+                    raise AnnotationError(f"{path} has no worksheet {sheet!r} (dataset.sheet): it has {names}")
                 worksheet = workbook[sheet]
             return [[_cell_text(cell) for cell in row] for row in worksheet.iter_rows(values_only=True)]
         finally:
             workbook.close()
-    raise ValueError(f"{path}: unsupported annotation format {suffix!r} (use .xlsx or .csv)")
+    raise AnnotationError(f"{path}: unsupported annotation format {suffix!r} (use .xlsx or .csv)")
+
+
+def _read_sheet(path: Path, dataset_cfg: Mapping[str, Any]) -> list[list[str]]:
+    """:func:`read_sheet_rows`, a damaged or unreadable file reported by name (never a parser's traceback)."""
+    try:
+        return read_sheet_rows(path, dataset_cfg.get("sheet"))
+    except AnnotationError:
+        raise
+    except Exception as error:  # noqa: BLE001 - zip, XML, decoding and I/O errors of a damaged file alike
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise AnnotationError(
+            f"cannot read the coding sheet {path} ({_full_key(dataset_cfg, 'annotation')}): {reason}. The file is "
+            f"damaged or is not a {path.suffix.lower().lstrip('.')} file: re-download or re-export it") from None
+
+
+def _find_header(rows: Sequence[Sequence[str]], columns: Mapping[str, str | None], limit: int = 200) -> int | None:
+    """The first row (0-based) among the first ``limit`` that holds every configured required column name."""
+    wanted = {_normalise(str(columns[field])) for field in REQUIRED_FIELDS if columns.get(field)}
+    for index, row in enumerate(rows[:limit]):
+        if wanted and wanted <= {_normalise(cell) for cell in row if cell}:
+            return index
+    return None
+
+
+def _header_hint(rows: Sequence[Sequence[str]], columns: Mapping[str, str | None], header_row: int,
+                 dataset_cfg: Mapping[str, Any]) -> str:
+    """``" Row 14 looks like the header ...: set dataset.header_row=13"``, or "" when no other row looks like it."""
+    found = _find_header(rows, columns)
+    if found is None or found == header_row:
+        return ""
+    names = [cell for cell in rows[found] if cell][:6]
+    return (f". Row {found + 1} looks like the header (it holds {', '.join(names)}): set "
+            f"{_full_key(dataset_cfg, 'header_row')}={found} (0-based; now {header_row}, row {header_row + 1})")
 
 
 def _normalise(name: str) -> str:
@@ -370,6 +418,27 @@ def resolve_sheet(dataset_cfg: Any) -> str | None:
     return version
 
 
+@contextmanager
+def quiet_reading() -> Iterator[None]:
+    """Read sample tables in the block without a word: no problem logged, no sheet announced.
+
+    For a look ahead (how many subjects a corpus has) before the read that reports: that read still logs every
+    problem and says which sheet it uses.
+    """
+    announced = set(_ANNOUNCED)
+    loggers = [logging.getLogger(name) for name in (__name__, "mer.data.corpora")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        _ANNOUNCED.clear()
+        _ANNOUNCED.update(announced)
+
+
 def _is_interpolation(dataset_cfg: Any, key: str) -> bool:
     from omegaconf import DictConfig, OmegaConf
 
@@ -435,7 +504,8 @@ def _root_of(dataset_cfg: Mapping[str, Any]) -> str | None:
 def _full_key(dataset_cfg: Mapping[str, Any], key: str) -> str:
     """The dotted name a user overrides: ``dataset.root``, or ``dataset.sources.smic.root`` inside a composite."""
     full_key = getattr(dataset_cfg, "_get_full_key", None)
-    return str(full_key(key)) if full_key is not None else f"dataset.{key}"
+    name = str(full_key(key)) if full_key is not None else key
+    return name if name.startswith("dataset.") else f"dataset.{name}"  # a dataset node loaded on its own
 
 
 def resolve_frames_root(root: Path, frames_subdir: str | Sequence[str] | None) -> Path:
@@ -498,12 +568,15 @@ class _Settings:
                    folder_case_insensitive=bool(dataset_cfg.get("folder_case_insensitive", False)))
 
 
-def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -> tuple[pd.DataFrame, list[Problem]]:
+def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
+                      report_unlisted: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
     """Read a corpus's coding sheet into the sample table and validate it against the frames on disk.
 
     Args:
         dataset_cfg: the ``dataset`` config node (a DictConfig or a plain mapping); keys as in the module docstring.
         on_error: ``"raise"``: raise on the first fatal problem; ``"skip"``: drop the clips that have one.
+        report_unlisted: also report (as warnings, ``kind="unlisted"``) every clip folder on disk that holds frames
+            and that no sheet row names (``preprocess.py check=true``).
 
     Returns:
         (table, problems). The table has one row per usable clip, sorted by (subject, clip), with columns
@@ -515,7 +588,8 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
 
     Raises:
         AnnotationError: on a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all),
-            or when the sheet lacks a configured column.
+            when the sheet lacks a configured column (naming the row that looks like the header, if one does), has
+            no row below its header, or cannot be read (a damaged file, named).
         SheetNotFoundError: the annotation sheet does not exist (the message lists what ``root`` holds).
         ValueError: an unknown ``on_error`` or ``apex_policy``, a ``class_map`` naming a class not in ``classes``,
             no ``root``, or a ``class_set``/``layout``/``sheet_version`` naming no entry.
@@ -527,7 +601,7 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
     if dataset_cfg.get("sources"):
         from mer.data.corpora import read_composite
 
-        return read_composite(dataset_cfg, on_error)
+        return read_composite(dataset_cfg, on_error, report_unlisted=report_unlisted)
     root = Path(str(dataset_cfg["root"]))
     dataset_name = str(dataset_cfg.get("name") or root.name)
     problems: list[Problem] = []
@@ -541,11 +615,12 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
                             f"set by {_full_key(dataset_cfg, 'annotation' if version is None else 'sheet_version')}")
         settings = _Settings.from_config(dataset_cfg, sheet_path.name)
         header_row = int(dataset_cfg.get("header_row") or 0)
-        rows = read_sheet_rows(sheet_path, dataset_cfg.get("sheet"))
-        if len(rows) <= header_row:
-            raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} (the sheet has {len(rows)} "
-                                  "rows)")
+        rows = _read_sheet(sheet_path, dataset_cfg)
         columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
+        if len(rows) <= header_row:
+            raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} "
+                                  f"({_full_key(dataset_cfg, 'header_row')}={header_row}; the sheet has {len(rows)} "
+                                  f"rows){_header_hint(rows, columns, header_row, dataset_cfg)}")
         row_numbers: Sequence[int | None] = range(header_row + 2, len(rows) + 1)
     else:
         from mer.data.corpora import rows_from_folders
@@ -556,15 +631,29 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
                                                     settings.source)
         header_row = 0
         row_numbers = [None] * (len(rows) - 1)
-    positions = _column_positions(rows[header_row], columns, settings.source, header_row)
+    try:
+        positions = _column_positions(rows[header_row], columns, settings.source, header_row)
+    except AnnotationError as error:
+        if not dataset_cfg.get("annotation"):
+            raise
+        raise AnnotationError(f"{error}{_header_hint(rows, columns, header_row, dataset_cfg)}") from None
 
+    data_rows = [(row_number, {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()})
+                 for row_number, cells in zip(row_numbers, rows[header_row + 1:]) if any(cells)]
+    if not data_rows and dataset_cfg.get("annotation"):
+        raise AnnotationError(f"{settings.source}: 0 usable clips: the sheet has its header on row {header_row + 1} "
+                              f"and no rows below it ({root / str(dataset_cfg['annotation'])})")
+    conflicts = _conflicting_rows(data_rows, settings)
     records: list[dict[str, Any]] = []
     dropped_emotions: Counter[str] = Counter()
     first_row_of: dict[str, int | None] = {}
-    for row_number, cells in zip(row_numbers, rows[header_row + 1:]):
-        if not any(cells):
+    for row_number, values in data_rows:
+        conflict = conflicts.get(_row_identity(values, settings)[2])
+        if conflict is not None:
+            key = _row_identity(values, settings)[2]
+            problems.append(Problem(row=row_number, clip=key, fatal=True,
+                                    message=f"{settings.source} row {row_number}, clip {key}: {conflict}"))
             continue
-        values = {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()}
         record, row_problems, dropped = _read_row(values, row_number, settings, first_row_of)
         problems.extend(row_problems)
         if dropped is not None:
@@ -578,6 +667,8 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise") -
         log.log(logging.ERROR if problem.fatal else logging.WARNING, "%s", problem)
     if fatal and on_error == "raise":
         raise AnnotationError(fatal[0].message, problems)
+    if report_unlisted and dataset_cfg.get("annotation"):
+        problems.extend(_unlisted_folders(data_rows, settings))
 
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     table = table.sort_values(["subject", "clip"], kind="stable").reset_index(drop=True)
@@ -624,6 +715,108 @@ def _find_folder(path: Path, root: Path, case_insensitive: bool) -> Path:
     return found
 
 
+def _row_identity(values: Mapping[str, str], settings: _Settings) -> tuple[str | None, str, str, dict[str, str]]:
+    """(the subject's folder name or None when it does not fit ``subject_format``, the clip name, ``subject/clip``,
+    the template fields) of one sheet row."""
+    subject_text = values["subject"]
+    try:
+        number = parse_frame_number(subject_text)
+        subject = settings.subject_format.format(number if number is not None else subject_text)
+    except (ValueError, IndexError, KeyError):
+        subject = None
+    fields = {"subject": subject or subject_text, "clip": values["clip"], "emotion": values["emotion"],
+              "onset": values["onset"], "offset": values["offset"]}
+    clip = settings.clip_name.format(**fields) if values["clip"] else ""
+    return subject, clip, f"{subject or subject_text}/{clip}", fields
+
+
+#: The fields two rows of one clip are compared on, as messages name them.
+_COMPARED_FIELDS = {"emotion": "emotion", "onset": "onset", "apex": "apex", "offset": "offset", "aus": "AUs"}
+
+
+def _conflicting_rows(data_rows: Sequence[tuple[int | None, Mapping[str, str]]],
+                      settings: _Settings) -> dict[str, str]:
+    """Clips that several rows give different values (a label, a frame, AUs): clip key -> why, naming every row.
+
+    Such a clip is rejected: which row is right cannot be told. Rows that repeat each other exactly are left to
+    :func:`_read_row` (the first is kept, the repeats rejected).
+    """
+    rows_of: dict[str, list[tuple[int | None, Mapping[str, str]]]] = {}
+    for row_number, values in data_rows:
+        subject, clip, key, _ = _row_identity(values, settings)
+        if subject is not None and clip:
+            rows_of.setdefault(key, []).append((row_number, values))
+    conflicts = {}
+    for key, rows in rows_of.items():
+        if len(rows) < 2:
+            continue
+        differing = []
+        for field, name in _COMPARED_FIELDS.items():
+            seen = [values.get(field, "") for _, values in rows]
+            if field == "emotion":
+                same = len({_normalise(value) for value in seen}) == 1
+            else:
+                same = len(set(seen)) == 1
+            if not same:
+                differing.append(f"{name} " + " vs ".join(repr(value) for value in seen))
+        if differing:
+            numbers = [str(row_number) for row_number, _ in rows]
+            listed = ", ".join(numbers[:-1]) + f" and {numbers[-1]}"
+            conflicts[key] = (f"rows {listed} describe this clip with different values ({'; '.join(differing)}):"
+                              " the clip is rejected; keep the one right row in the sheet")
+    return conflicts
+
+
+def _unlisted_folders(data_rows: Sequence[tuple[int | None, Mapping[str, str]]], settings: _Settings) -> list[Problem]:
+    """A warning for every clip folder under the frames root, holding frames, that no sheet row names."""
+    wildcard = re.sub(r"\{\w+\}", "*", settings.clip_dir)
+    fold = (lambda text: text.casefold()) if settings.folder_case_insensitive else (lambda text: text)
+    listed = set()
+    for _, values in data_rows:
+        subject, clip, _, fields = _row_identity(values, settings)
+        if subject is not None and clip:
+            listed.add(fold(Path(settings.clip_dir.format(**fields)).as_posix()))
+    pattern = re.compile(settings.frame_regex)
+    problems = []
+    for folder in sorted(path for path in settings.frames_root.glob(wildcard) if path.is_dir()):
+        relative = folder.relative_to(settings.frames_root).as_posix()
+        if fold(relative) in listed or not any(pattern.fullmatch(entry.name) for entry in folder.iterdir()):
+            continue
+        problems.append(Problem(row=None, clip=relative, fatal=False, kind="unlisted", message=(
+            f"{settings.source}: clip folder {folder} holds frames but no row of the sheet names it (not used)")))
+    return problems
+
+
+def class_coverage(table: pd.DataFrame, classes: Sequence[str], where: str) -> tuple[list[str], list[str]]:
+    """What LOSO cannot train or score with, found before it starts: (errors, warnings).
+
+    Errors: no clip at all ("0 usable clips"), or a class of ``classes`` without a clip (the pooled metrics need
+    every class: each fold would train and the report would then fail). Warnings: a class whose clips all come
+    from one subject (the fold that tests that subject trains without the class; no other fold tests it).
+
+    Args:
+        table: A sample table (``subject`` and ``label`` columns).
+        classes: ``dataset.classes``.
+        where: What ``table`` is, for the messages (``"casme2 (/data/CASME2)"``, ``"the cache /c/..."``).
+    """
+    if table.empty:
+        return [f"{where}: 0 usable clips (every row of the sheet was rejected or dropped: see the problems "
+                "listed)"], []
+    errors, warnings = [], []
+    subjects_of = table.groupby("label")["subject"].agg(lambda subjects: sorted(set(subjects)))
+    counts = table["label"].value_counts()
+    for name in classes:
+        if name not in subjects_of.index:
+            errors.append(f"{where}: class {name!r} has no clip (dataset.classes {list(classes)}): every fold would "
+                          "train and none could be scored on it; drop it from dataset.classes and dataset.class_map, "
+                          "choose another dataset.class_set, or fix the sheet")
+        elif len(subjects_of[name]) == 1:
+            subject = subjects_of[name][0]
+            warnings.append(f"{where}: class {name!r} has clips of one subject only ({subject}, {int(counts[name])} "
+                            f"clip(s)): the fold testing {subject} trains without it, and no other fold tests it")
+    return errors, warnings
+
+
 def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
               first_row_of: dict[str, int | None]) -> tuple[dict[str, Any] | None, list[Problem], str | None]:
     """Validate one sheet row.
@@ -638,16 +831,8 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
         (the table record, or None if the row has a fatal problem or is dropped; the row's problems; the emotion if
         the row is dropped deliberately because its emotion maps to no class, else None).
     """
+    subject, clip, key, fields = _row_identity(values, settings)
     subject_text = values["subject"]
-    try:
-        number = parse_frame_number(subject_text)
-        subject = settings.subject_format.format(number if number is not None else subject_text)
-    except (ValueError, IndexError, KeyError):
-        subject = None
-    fields = {"subject": subject or subject_text, "clip": values["clip"], "emotion": values["emotion"],
-              "onset": values["onset"], "offset": values["offset"]}
-    clip = settings.clip_name.format(**fields) if values["clip"] else ""
-    key = f"{subject or subject_text}/{clip}"
     problems: list[Problem] = []
     where = f"{settings.source} row {row}" if row is not None else settings.source
 
@@ -692,7 +877,10 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
         elif not frames_dir.is_dir():
             problem(f"clip folder {frames_dir} does not exist")
         else:
-            frames = index_frames(frames_dir, settings.frame_regex)
+            try:
+                frames = index_frames(frames_dir, settings.frame_regex)
+            except ValueError as error:  # two files with one frame number: this clip only is unusable
+                problem(f"{error}: remove or rename one of them")
     if frames is not None and onset is not None and offset is not None and onset <= offset:
         if settings.allow_frame_gaps:
             missing = [number for number in (onset, offset) if number not in frames]

@@ -50,11 +50,21 @@ log = logging.getLogger(__name__)
 
 
 def ensure_corpus(cfg: DictConfig) -> None:
-    """Generate the synthetic corpus when the dataset config asks for it and it is not on disk."""
+    """Generate the synthetic corpus when the dataset config asks for it and it is not on disk.
+
+    Raises:
+        ConfigError: ``dataset.root`` is a folder that holds other things and no corpus (it is not replaced).
+    """
     if cfg.dataset.get("generate_if_missing", False):
+        from mer.preprocess.errors import ConfigError
         from mer.synthetic import ensure_corpus as ensure_synthetic
 
-        ensure_synthetic(cfg.dataset)
+        try:
+            ensure_synthetic(cfg.dataset)
+        except FileExistsError as error:
+            raise ConfigError(f"dataset.root={cfg.dataset.root} holds no {cfg.dataset.get('annotation')} but is not "
+                              f"empty, so no corpus is generated there ({error}); point dataset.root at the corpus, "
+                              "or at a new or empty folder to generate one") from None
 
 
 def clip_id(sample: pd.Series | dict) -> str:
@@ -256,8 +266,11 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         AnnotationError: A sheet problem with ``preprocess.on_error=raise``.
         RuntimeError: A clip failed with ``preprocess.on_error=raise`` (the message names it).
     """
+    from mer.data.samples import class_coverage
     from mer.preprocess.clip import check_config
+    from mer.settings import check_settings, check_writable
 
+    check_settings(cfg, "preprocess")
     out = cache_dir_for(cfg)
     rebuild = bool(cfg.preprocess.get("rebuild", False))
     if is_complete(out) and not rebuild:
@@ -267,8 +280,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
             return out
         log.warning("cache %s is out of date, updating it:\n  %s", out, "\n  ".join(reasons))
     on_error = str(cfg.preprocess.on_error)
-    if on_error not in ("skip", "raise"):
-        raise ValueError(f"preprocess.on_error must be 'skip' or 'raise', got {on_error!r}")
+    check_writable(out, "paths.cache_dir", cfg.paths.cache_dir)
     cfg_container = worker_config(cfg)
     # Once here rather than once per clip in every worker: a bad config (missing weights, motion=magnet without
     # magnification=magnet, ...) stops the run with its message instead of rejecting every clip for it.
@@ -276,8 +288,12 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
     ensure_corpus(cfg)
 
     samples, problems = read_sample_table(cfg.dataset, on_error=on_error)
-    if samples.empty:
-        raise AnnotationError(f"no usable clip in {cfg.dataset.root} ({len(problems)} problems)")
+    # Before any clip: an empty table, or a class without a clip, could only fail after every fold has trained.
+    errors, warnings = class_coverage(samples, list(cfg.dataset.classes), f"{cfg.dataset.name} ({cfg.dataset.root})")
+    for warning in warnings:
+        log.warning("%s", warning)
+    if errors:
+        raise AnnotationError("\n".join(errors), problems)
     clips_dir = out / "clips"
     # From here until the new manifest is written the directory is incomplete: no reader takes a half-updated cache.
     (out / MANIFEST).unlink(missing_ok=True)
