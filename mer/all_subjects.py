@@ -69,6 +69,7 @@ def network_checkpoint(cfg: DictConfig, cache: Cache, data: LOSODataModule, mode
         region_sizes=data.region_sizes, num_paths=data.num_paths, in_channels=data.in_channels,
         input_shape=data.input_shape, au_adjacency=data.au_adjacency, scale=data.scale,
         training={"epochs": int(cfg.trainer.max_epochs), "seed": int(cfg.seed), "optim": cfg.optim, **training},
+        test_alpha=None if data.test_alpha_index is None else float(cache.manifest["alphas"][data.test_alpha_index]),
     )
 
 

@@ -73,6 +73,7 @@ def checkpoint_payload(
     au_adjacency: np.ndarray | torch.Tensor,
     scale: float,
     training: Mapping[str, Any],
+    test_alpha: float | None = None,
 ) -> dict[str, Any]:
     """The checkpoint of one trained network (see the module docstring for the keys).
 
@@ -85,12 +86,15 @@ def checkpoint_payload(
         au_adjacency: ``(9, 9)`` the AU graph the network was built with.
         scale: The normalisation divisor of the inputs.
         training: How it was trained (protocol, fold, subjects, ...), plain values.
+        test_alpha: The α its inputs are magnified by at test time (``data.test_alpha``); None: the cache's.
     """
     from mer.preprocess.cache import preprocessing_settings
     from mer.preprocess.au_graph import AUS
     from mer.version import provenance
 
     classes = [str(c) for c in manifest["classes"]]
+    if test_alpha is None and manifest.get("test_alpha") is not None:
+        test_alpha = float(manifest["test_alpha"])
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -108,7 +112,7 @@ def checkpoint_payload(
             "cache_key": str(manifest.get("key")),
             "representation": str(manifest.get("representation", "roi_patches")),
             "alphas": [float(a) for a in manifest.get("alphas") or []],
-            "test_alpha": None if manifest.get("test_alpha") is None else float(manifest["test_alpha"]),
+            "test_alpha": None if test_alpha is None else float(test_alpha),
         },
         "training": plain(dict(training)),
     }

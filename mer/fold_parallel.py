@@ -568,7 +568,8 @@ def _save_fold_checkpoint(cfg: DictConfig, cache: Cache, stacked: StackedModels,
         training={"epochs": int(cfg.trainer.max_epochs), "seed": int(cfg.seed), "optim": cfg.optim, "protocol": "loso",
                   "fold": split.fold, "test_subject": split.test_subject,
                   "train_subjects": sorted(set(cache.subjects) - {split.test_subject}),
-                  "clips": int(len(split.train_rows))})
+                  "clips": int(len(split.train_rows))},
+        test_alpha=cfg.data.test_alpha)
     return save_checkpoint(Path(out_dir) / "folds" / f"fold_{split.fold:02d}" / CHECKPOINT_NAME, payload)
 
 
