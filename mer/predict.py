@@ -19,9 +19,9 @@ file name holds a number and no two hold the same one, the last number in the na
 numbered from 0. ``--onset``, ``--apex`` and ``--offset`` use these numbers.
 
 **Spotting.** Without ``--onset`` the onset is the first frame; without ``--offset`` the offset is the last; without
-``--apex`` the apex is the frame that moved most from the onset (:func:`spot_apex`: dense optical flow from the onset
-to every later frame, its best-fitting affine motion removed so that a drifting head does not pull the answer
-towards the end, the largest mean remaining magnitude wins; the same estimate as ``dataset.apex_policy=max_flow``).
+``--apex`` the apex is the frame that moved most from the onset (:func:`spot_apex`: on the face crop, brightness
+matched to the onset's, dense optical flow from the onset to every later frame, its best-fitting affine motion removed
+so that a drifting head does not pull the answer towards the end; the largest mean remaining magnitude wins).
 It assumes one expression in the clip and a roughly still head: it is a simple in-clip spotting, not a detector of
 micro-expressions in long videos.
 """
@@ -200,30 +200,46 @@ def clip_frames(source: Any) -> Iterator[tuple[dict[int, Path], str]]:
         yield _write_frames(frames, Path(folder)), "frames"
 
 
-def spot_apex(frame_paths: dict[int, Path], onset: int, offset: int) -> int:
+def spot_apex(frame_paths: dict[int, Path], onset: int, offset: int, face: dict[str, Any] | None = None) -> int:
     """The frame in (onset, offset] that moved most from the onset (see the module docstring).
 
-    The estimate of ``dataset.apex_policy=max_flow`` (:func:`mer.data.samples.most_moving_frame`: DIS optical flow
-    on grey frames shrunk to 112 pixels, the best affine fit of each flow removed, the largest mean residual wins).
-    Frames are decoded in colour as preprocessing decodes them (:func:`mer.preprocess.clip.read_frame`) and then
-    turned grey, so that a video and the same frames as files give the same apex.
+    The face is found on the onset (:func:`mer.preprocess.face.find_face`) and every frame cut to the same square
+    around it (``face``: the ``preprocess.face`` settings, margin and crop size), as preprocessing does; each grey
+    crop is brought to the onset crop's mean and contrast, so that a lighting drift is not taken for motion. The frame
+    whose flow from the onset, less its best-fitting affine motion (the head), is largest on average wins
+    (:func:`mer.data.samples.most_moving_frame`, the estimate of ``dataset.apex_policy=max_flow``). Frames are decoded
+    as preprocessing decodes them (:func:`mer.preprocess.clip.read_frame`), so that a video and the same frames as
+    files give the same apex.
 
     Raises:
-        ClipError: An unreadable frame.
+        ClipError: An unreadable frame, or no face on the onset.
     """
-    import cv2
-
     from mer.data.samples import most_moving_frame
     from mer.preprocess.clip import read_frame
+    from mer.preprocess.face import crop_box, crop_frames, find_face
 
+    face = dict(face or {})
     numbers = [n for n in sorted(frame_paths) if onset < n <= offset]
     if not numbers:
         return onset
+    first = read_frame(frame_paths[onset], onset)
+    box = crop_box(find_face([first], int(face.get("upsample_retry", 1)), float(face.get("min_score", 0.0)),
+                             [Path(frame_paths[onset]).name]), first.shape, float(face.get("margin", 0.25)))
+    size = int(face.get("crop_size", 128))
 
-    def grey(number: int) -> np.ndarray:
-        return cv2.cvtColor(read_frame(frame_paths[number], number), cv2.COLOR_RGB2GRAY)
+    def grey(image: np.ndarray) -> np.ndarray:  # (H, W, 3) uint8 -> (S, S) float32 grey levels of the face crop
+        return crop_frames(image[None], box, size)[0].mean(axis=-1) * np.float32(255)
 
-    return numbers[most_moving_frame(grey(onset), (grey(n) for n in numbers))]
+    reference = grey(first)
+    mean, contrast = float(reference.mean()), float(reference.std())
+
+    def matched(number: int) -> np.ndarray:
+        crop = grey(read_frame(frame_paths[number], number))
+        crop = (crop - crop.mean()) * (contrast / max(float(crop.std()), 1e-6)) + mean
+        return np.clip(np.rint(crop), 0, 255).astype(np.uint8)
+
+    reference = np.clip(np.rint(reference), 0, 255).astype(np.uint8)
+    return numbers[most_moving_frame(reference, (matched(n) for n in numbers))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +323,8 @@ class Predictor:
                 raise PredictError(f"{name}: the offset {offset} must come after the onset {onset}")
             spotted = apex is None
             try:
-                apex = spot_apex(frame_paths, onset, offset) if spotted else int(apex)
+                face = self.settings["preprocess"]["face"]
+                apex = spot_apex(frame_paths, onset, offset, face) if spotted else int(apex)
                 if not onset < apex <= offset:
                     raise PredictError(f"{name}: the apex {apex} must come after the onset {onset} and not after "
                                        f"the offset {offset}")
