@@ -94,7 +94,9 @@ def resolve_cache(cfg: DictConfig) -> Path:
             ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
         ) if v is not None
     )
-    raise CacheMissingError(f"{problem}; build it with:\n  python preprocess.py {overrides}")
+    from mer.commands import command_name
+
+    raise CacheMissingError(f"{problem}; build it with:\n  {command_name('preprocess')} {overrides}")
 
 
 @contextmanager

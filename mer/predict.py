@@ -303,10 +303,9 @@ class Predictor:
             PredictError: Too few frames, frame numbers outside the clip or out of order, no face found, an
                 unreadable frame or video; the message names the input.
         """
-        from mer.preprocess.clip import process_clip
+        from mer.preprocess.clip import load_frames, process_clip
         from mer.preprocess.errors import ClipError
         from mer.preprocess.face import crop_frames
-        from mer.preprocess.clip import load_frames
 
         with clip_frames(frames) as (frame_paths, name):
             numbers = sorted(frame_paths)

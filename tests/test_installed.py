@@ -75,6 +75,17 @@ def test_the_installed_wheel_trains_and_predicts_from_an_empty_folder(tmp_path: 
     for record in (manifest, summary):  # a wheel outside any git checkout: the version, and no commit
         assert record["mer_version"] == mer.__version__ and record["git_commit"] is None
 
+    # The other commands answer from the installed copy too.
+    checked = run(mer_command, "preprocess", "check=true", "dataset.generator.subjects=3",
+                  "dataset.generator.clips_per_subject=3", cwd=work, env=env)
+    assert "9 usable clips" in checked.stdout
+    assert "score" in run(mer_command, "report", "score", "--help", cwd=work, env=env).stdout
+    assert "rife" in run(mer_command, "weights", "--help", cwd=work, env=env).stdout
+    missing = subprocess.run([str(mer_command), "train", "dataset.root=nowhere", "preprocess_if_missing=false"],
+                             cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "build it with:\n  mer preprocess dataset=synthetic dataset.root=nowhere" in missing.stderr
+
     # Predict a clip of a corpus drawn with another seed.
     run(mer_command, "synth", "--root", "other", "--seed", "1", "--subjects", "1", "--clips-per-subject", "1",
         "--workers", "1", cwd=work, env=env)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mer
 from mer.cli import COMMANDS, main
-from mer.commands import config_dir
+from mer.commands import command_name, config_dir
 from mer.version import git_commit, provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +44,7 @@ def test_the_version_is_written_once_and_read_by_pyproject() -> None:
 
 def test_a_checkout_reads_the_top_level_conf() -> None:
     assert config_dir() == REPO / "conf"
+    assert command_name("preprocess") == "python preprocess.py"  # an installed mer says `mer preprocess`
 
 
 def test_provenance_names_the_checkouts_commit() -> None:

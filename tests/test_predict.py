@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 import mer
 from mer.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, read_checkpoint
 from mer.loso import run_loso
-from mer.predict import PredictError, clip_frames, load, main, number_frames, spot_apex
+from mer.predict import PredictError, clip_frames, load, main, number_frames, save_panel, spot_apex
 from mer.preprocess.cache import CACHE_VERSION, load_cache
 from mer.synthetic import generate_corpus, load_ground_truth
 
@@ -175,6 +175,24 @@ def test_prediction_runs_the_training_preprocessing(tiny_model, tiny_corpus: Pat
     assert list(prediction.probabilities) == model.classes
     assert np.allclose(list(prediction.probabilities.values()), expected, atol=1e-5)
     assert prediction.label == model.classes[int(np.argmax(expected))] and not prediction.apex_spotted
+
+
+@pytest.mark.slow
+def test_a_flow_image_model_predicts_as_its_cache(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The other representation (the baselines' onset -> apex flow image), with STSTNet's recipe: the same round trip,
+    and its panel."""
+    cfg = compose_train("experiment=bench/ststnet", f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false",
+                        "preprocess_if_missing=true", f"paths.cache_dir={tmp_path / 'cache'}", "preprocess.workers=1",
+                        "trainer.max_epochs=2", "data.batch_size=4", "logger=none", "protocol=all_subjects",
+                        f"paths.output_dir={tmp_path / 'out'}")
+    summary = run_loso(cfg, tmp_path / "out")
+    model, cache = load(summary["checkpoint"]), load_cache(summary["cache"])
+    assert model.representation == "flow_image" and model.checkpoint["model"]["architecture"] == "ststnet"
+    row = cache.samples.iloc[2]
+    prediction = model.predict(tiny_corpus / row["subject"] / row["clip"], int(row["onset"]), int(row["apex"]),
+                               int(row["offset"]))
+    assert np.allclose(list(prediction.probabilities.values()), model.probabilities(cache.patches[2:3])[0], atol=1e-5)
+    assert cv2.imread(str(save_panel(prediction, model.settings, tmp_path / "panel.png"))) is not None
 
 
 @pytest.mark.slow

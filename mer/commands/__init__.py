@@ -17,3 +17,10 @@ def config_dir() -> Path:
             return candidate
     raise FileNotFoundError(f"no mer config tree (train.yaml) in {package / 'conf'} or {package.parent / 'conf'}: "
                             "reinstall mer (pip install .) or run from a complete checkout")
+
+
+def command_name(script: str) -> str:
+    """How a user runs ``script`` (``train`` or ``preprocess``) here: ``mer preprocess`` from an installed mer,
+    ``python preprocess.py`` from a checkout (what error messages print)."""
+    installed = config_dir() == Path(__file__).resolve().parent.parent / "conf"
+    return f"mer {script}" if installed else f"python {script}.py"
