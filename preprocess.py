@@ -2,51 +2,13 @@
 
     python preprocess.py dataset=NAME [dataset.root=DIR] [frames=N] [rois=SET] [interpolation=M]
                          [magnification=M] [motion=M] [paths.cache_dir=DIR] [check=true] [visualize=K]
+
+A thin wrapper: the code is mer/commands/preprocess.py, which an installed mer runs as ``mer preprocess ...``.
 """
 
-from __future__ import annotations
+from mer.commands.preprocess import main, run
 
-import logging
-import sys
-
-import hydra
-from omegaconf import DictConfig
-
-log = logging.getLogger("preprocess")
-
-
-@hydra.main(config_path="conf", config_name="preprocess", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from mer.data.samples import AnnotationError, SheetNotFoundError
-    from mer.preprocess.cache import AtomicWriteError
-    from mer.preprocess.errors import ConfigError
-
-    # A setting no run can use, a missing or unreadable sheet, a sheet no clip can come from, a file that could
-    # not be written: the message names it and says what to fix; no traceback.
-    user_errors = (ConfigError, SheetNotFoundError, AnnotationError, AtomicWriteError)
-    if cfg.check:
-        from mer.preprocess.check import check_dataset
-
-        try:
-            usable = check_dataset(cfg)
-        except user_errors as error:
-            sys.exit(f"error: {error}")
-        if not usable:
-            sys.exit(1)
-        return
-    from mer.preprocess.pipeline import run_preprocessing
-
-    try:
-        out = run_preprocessing(cfg)
-    except user_errors as error:
-        sys.exit(f"error: {error}")
-    print(f"cache: {out}")
-    if cfg.visualize:
-        from mer.preprocess.visualize import write_panels
-
-        for path in write_panels(cfg, out, int(cfg.visualize)):
-            print(f"panel: {path}")
-
+__all__ = ["main", "run"]
 
 if __name__ == "__main__":
-    main()
+    run()

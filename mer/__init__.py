@@ -1,3 +1,24 @@
-"""mer: an open, fast, honest training framework for facial micro-expression recognition."""
+"""mer: an open, fast, honest training framework for facial micro-expression recognition.
 
-__version__ = "0.1.0"
+``mer.load(checkpoint).predict(frames)`` runs a saved model on a new clip (:mod:`mer.predict`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+#: The version of mer, written here only (pyproject.toml reads it; checkpoints, caches and summaries record it).
+__version__ = "0.2.0"
+
+if TYPE_CHECKING:
+    from mer.predict import Predictor
+
+
+def load(checkpoint: str, device: str = "cpu") -> "Predictor":
+    """Load a saved mer model (``model.ckpt``) for prediction: ``mer.load(path).predict(frames)``.
+
+    See :func:`mer.predict.load`; imported on first use, so that ``import mer`` stays light.
+    """
+    from mer.predict import load as _load
+
+    return _load(checkpoint, device=device)

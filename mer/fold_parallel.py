@@ -551,10 +551,30 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         test_metrics.reset()
         _log_history(cfg, split.fold, history, f, fold_test, wandb_group, fold_loggers, close_loggers)
         update_fold_info(out_dir, split.fold, parameters=parameters, train_seconds=train_seconds)
+        if cfg.get("save_checkpoints", False):
+            _save_fold_checkpoint(cfg, cache, stacked, split, f, out_dir)
         tables[split.fold] = write_fold_predictions(cfg, split.fold, split.test_subject, table, out_dir, cache.samples)
     log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
     checkpoint.unlink(missing_ok=True)
     return [tables[f] for f in folds]
+
+
+def _save_fold_checkpoint(cfg: DictConfig, cache: Cache, stacked: StackedModels, split: FoldSplit, f: int,
+                          out_dir: Path) -> Path:
+    """``save_checkpoints=true``: fold f's model as ``folds/fold_XX/model.ckpt``, as :func:`mer.loso.run_fold` writes it."""
+    from mer.checkpoint import CHECKPOINT_NAME, checkpoint_payload, save_checkpoint
+
+    shape = cache.patches.shape
+    payload = checkpoint_payload(
+        state_dict=stacked.fold_state(f), model_cfg=cfg.model, cfg=cfg, manifest=cache.manifest,
+        region_sizes=list(cache.manifest["region_sizes"]), num_paths=int(shape[2]), in_channels=int(shape[4]),
+        input_shape=[int(d) for d in shape[2:]], au_adjacency=split.au_adjacency, scale=split.scale,
+        training={"epochs": int(cfg.trainer.max_epochs), "seed": int(cfg.seed), "optim": cfg.optim, "protocol": "loso",
+                  "fold": split.fold, "test_subject": split.test_subject,
+                  "train_subjects": sorted(set(cache.subjects) - {split.test_subject}),
+                  "clips": int(len(split.train_rows))},
+        test_alpha=cfg.data.test_alpha)
+    return save_checkpoint(Path(out_dir) / "folds" / f"fold_{split.fold:02d}" / CHECKPOINT_NAME, payload)
 
 
 def _log_history(cfg: DictConfig, fold: int, history: list[EpochRecord], f: int, test: dict[str, float],

@@ -24,6 +24,9 @@ class AggregateSweep(Callback):
         from mer.report import aggregate_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if config.get("protocol", "loso") == "all_subjects":  # one model per job, saved in it: nothing to pool
+            log.info("protocol=all_subjects: each job saved its model.ckpt under %s; no LOSO folds to pool", sweep_dir)
+            return
         rows = aggregate_sweep(sweep_dir, wandb_summaries=True)
         if rows:
             print((sweep_dir / "table.md").read_text(), end="")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from mer.allocator import reuse_freed_memory
+from mer.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from mer.console import RunProgress, fold_line, run_progress
 from mer.data.datamodule import LOSODataModule
 from mer.lit import MERModule
@@ -96,7 +97,7 @@ PREPROCESS_KEYS = ("dataset", "frames", "rois", "interpolation", "magnification"
 
 
 def preprocess_command(cfg: DictConfig) -> str:
-    """The ``preprocess.py`` command that builds the cache of this ``train.py`` run.
+    """The ``preprocess.py`` command (``mer preprocess`` from an installed mer) that builds the cache of this run.
 
     It repeats every override of the command line that ``preprocess.py`` accepts (the dataset, the preprocessing
     stages, their keys, ``paths.*``, ``experiment``): the cache key hashes them. Training-only overrides (``fold``,
@@ -107,19 +108,21 @@ def preprocess_command(cfg: DictConfig) -> str:
 
     from hydra.core.hydra_config import HydraConfig
 
+    from mer.commands import command_name
+
     if HydraConfig.initialized():
         kept = []
         for override in HydraConfig.get().overrides.task:
             key = override.split("=", 1)[0].lstrip("+~")
             if key.split(".", 1)[0] in PREPROCESS_KEYS and key != "paths.output_dir" and not key.startswith("hydra"):
                 kept.append(override)
-        return " ".join(["python preprocess.py", *map(shlex.quote, kept)])
+        return " ".join([command_name("preprocess"), *map(shlex.quote, kept)])
     pairs = (("dataset", cfg.dataset.name), ("dataset.root", cfg.dataset.get("root")),
              ("dataset.class_set", cfg.dataset.get("class_set")), ("frames", cfg.frames),
              ("rois", cfg.rois.name), ("interpolation", cfg.interpolation.name),
              ("magnification", cfg.magnification.name), ("motion", cfg.motion.name),
              ("paths.cache_dir", cfg.paths.cache_dir))
-    return " ".join(["python preprocess.py", *(shlex.quote(f"{k}={v}") for k, v in pairs if v is not None)])
+    return " ".join([command_name("preprocess"), *(shlex.quote(f"{k}={v}") for k, v in pairs if v is not None)])
 
 
 def _check_folds_before_building(cfg: DictConfig) -> None:
@@ -325,6 +328,7 @@ def discard_fold(out_dir: Path, fold: int) -> None:
     if (fold_dir / "predictions.csv").is_file() or (fold_dir / "checkpoints").exists():
         log.info("resume=false: fold %d is trained again; its earlier files in %s are discarded", fold, fold_dir)
     (fold_dir / "predictions.csv").unlink(missing_ok=True)
+    (fold_dir / CHECKPOINT_NAME).unlink(missing_ok=True)
     shutil.rmtree(fold_dir / "checkpoints", ignore_errors=True)
 
 
@@ -460,6 +464,18 @@ def write_fold_predictions(
     return predictions
 
 
+def save_fold_checkpoint(cfg: DictConfig, cache: Cache, data: LOSODataModule, model: torch.nn.Module, out_dir: Path,
+                         fold: int) -> Path:
+    """``save_checkpoints=true``: write the fold's tested model as ``folds/fold_XX/model.ckpt`` (:mod:`mer.checkpoint`)."""
+    from mer.all_subjects import network_checkpoint
+
+    payload = network_checkpoint(cfg, cache, data, model, {
+        "protocol": "loso", "fold": fold, "test_subject": data.test_subject,
+        "train_subjects": sorted(set(cache.subjects) - {data.test_subject} - set(data.val_subjects)),
+        "clips": int(len(data.train_index))})
+    return save_checkpoint(_fold_dir(out_dir, fold) / CHECKPOINT_NAME, payload)
+
+
 @torch.no_grad()
 def _test_alone(module: MERModule, data: LOSODataModule) -> pd.DataFrame:
     """The test subject's predictions computed in this process alone (no Lightning test loop)."""
@@ -567,6 +583,8 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
     else:
         trainer.test(module, datamodule=data, verbose=False)
         table = pd.DataFrame(module.test_records)
+    if cfg.get("save_checkpoints", False):  # the tested model, self-contained (mer/checkpoint.py)
+        save_fold_checkpoint(cfg, cache, data, module.model, out_dir, fold)
     close_loggers(trainer.loggers)
     return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
                                   seconds=time.perf_counter() - start)
@@ -579,12 +597,19 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     With ``logger=wandb``, a run of every fold also logs a summary run (pooled metrics, confusion
     matrix, per-fold table) in the configuration's wandb group.
 
+    With ``protocol=all_subjects`` one model is trained on every subject instead and saved
+    (:func:`mer.all_subjects.run_all_subjects`).
+
     Returns:
-        The summary dict of all folds pooled, or None for a single-fold run (a multirun pools
-        its jobs with ``python -m mer.report``) and in the non-zero ranks of a DDP run.
+        The summary dict of all folds pooled (of the one model, with ``protocol=all_subjects``), or None for a
+        single-fold run (a multirun pools its jobs with ``python -m mer.report``) and in the non-zero ranks of a
+        DDP run.
     """
+    from mer.all_subjects import check_protocol, run_all_subjects
+
     out_dir = Path(out_dir)
     check_settings(cfg, "train")  # a setting no run can use fails before any preprocessing or training
+    protocol = check_protocol(cfg)  # protocol=all_subjects: one model on every subject (mer/all_subjects.py)
     check_model_input(cfg.model, representation_name(cfg.get("representation")))
     if cfg.trainer.get("fold_parallel", False) and representation_name(cfg.get("representation")) != "roi_patches":
         raise ConfigError("trainer.fold_parallel=true trains ROI patches only; with representation=flow_image train "
@@ -592,6 +617,10 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     cache = load_cache(resolve_cache(cfg))
     check_folds(cfg, list(cache.subjects), f"the cache {cache.directory}")
     _check_classes(cache)
+    if protocol == "all_subjects":
+        epochs, verbose = int(cfg.trainer.max_epochs), bool(cfg.get("verbose"))
+        with reuse_freed_memory(), run_progress([0], epochs, verbose) as progress:
+            return run_all_subjects(cfg, cache, out_dir, progress=progress)
     folds = list(range(len(cache.subjects))) if cfg.fold is None else [int(cfg.fold)]
     group = run_wandb_group(cfg) if "wandb" in (cfg.get("logger") or {}) else None
     # One bar over every epoch of the run (verbose=true: Lightning's own bar and messages instead).
@@ -636,6 +665,10 @@ def _check_classes(cache: Cache) -> None:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The terminal table printed at the end of a run."""
+    if summary.get("protocol") == "all_subjects":
+        from mer.all_subjects import format_summary as all_subjects_summary
+
+        return all_subjects_summary(summary)
     lines = [
         f"LOSO over {summary['num_folds']} folds, {summary['clips']} clips",
         f"{'':24s}{'UF1':>8s}{'UAR':>8s}{'acc':>8s}",

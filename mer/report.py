@@ -162,12 +162,15 @@ def write_summary(
 ) -> dict[str, Any]:
     """Write ``summary.json``, ``summary.md``, ``predictions.csv`` and ``confusion.png`` into ``out_dir``.
 
-    ``extra`` holds more entries for ``summary.json`` (e.g. a sweep's per-seed figures).
+    ``extra`` holds more entries for ``summary.json`` (e.g. a sweep's per-seed figures). ``summary.json`` also
+    records which mer wrote it (``mer_version``, ``git_commit``: :func:`mer.version.provenance`).
     """
+    from mer.version import provenance
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions = predictions.sort_values(["fold", "subject", "clip"]).reset_index(drop=True)
-    summary = summarise(predictions, class_names, config) | (extra or {})
+    summary = summarise(predictions, class_names, config) | provenance() | (extra or {})
     atomic_write_text(out_dir / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     atomic_write_text(out_dir / "summary.md", summary_markdown(summary, title))
@@ -183,7 +186,7 @@ def write_summary(
 #: differ in ``fold`` (and, with one GPU per job, in ``trainer.devices``) and are pooled together.
 RUN_ONLY_KEYS = (
     "fold", "resume", "verbose", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
-    "preprocess.rebuild",
+    "preprocess.rebuild", "save_checkpoints",
     "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
     "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
 )

@@ -126,7 +126,9 @@ class LOSODataModule(pl.LightningDataModule):
 
     Args:
         cache_dir: A complete cache directory (see :mod:`mer.preprocess.cache`).
-        fold: Index of the test subject in the sorted subject ids.
+        fold: Index of the test subject in the sorted subject ids; None trains on every subject with no test
+            split (``protocol=all_subjects``: the AU graph is then counted over every clip, the scale over every
+            training patch).
         batch_size: Training and test batch size.
         test_alpha: Amplification factor used at test time (must be one of the cache's; ROI patches only).
         normalize: Divide patches by the standard deviation of the fold's training patches.
@@ -143,7 +145,7 @@ class LOSODataModule(pl.LightningDataModule):
     def __init__(
         self,
         cache_dir: str | Path,
-        fold: int,
+        fold: int | None,
         batch_size: int = 32,
         test_alpha: float | None = None,
         normalize: bool = True,
@@ -155,18 +157,19 @@ class LOSODataModule(pl.LightningDataModule):
         super().__init__()
         self.cache = cache if cache is not None else load_cache(cache_dir)
         subjects = self.cache.subjects
-        if not 0 <= fold < len(subjects):
+        if fold is not None and not 0 <= fold < len(subjects):
             raise ValueError(f"fold {fold} out of range: the cache has {len(subjects)} subjects (folds 0..{len(subjects) - 1})")
         self.fold = fold
         self.batch_size = batch_size
         self.seed = seed
-        self.test_subject = subjects[fold]
+        self.test_subject = None if fold is None else subjects[fold]
         samples = self.cache.samples
         training_subjects = [s for s in subjects if s != self.test_subject]
         if not 0 <= val_subjects < len(training_subjects):
             raise ValueError(f"val_subjects={val_subjects}: fold {fold} has {len(training_subjects)} training subjects, "
                              f"at least one must remain for training")
-        draw = np.random.default_rng([seed, fold]).permutation(len(training_subjects))[:val_subjects]
+        stream = len(subjects) if fold is None else fold  # every subject trains: a stream no fold draws from
+        draw = np.random.default_rng([seed, stream]).permutation(len(training_subjects))[:val_subjects]
         self.val_subjects = sorted(training_subjects[i] for i in draw)
         subject_column = samples["subject"].astype(str)
         is_test = (subject_column == self.test_subject).to_numpy()
@@ -208,6 +211,11 @@ class LOSODataModule(pl.LightningDataModule):
         self.test_set = split(self.test_index, labels[self.test_index], self.test_alpha_index)
         self._train_generator: torch.Generator | None = None
         self._resume_state: dict[str, Any] | None = None
+        if fold is None:
+            from mer.preprocess.au_graph import cooccurrence
+
+            self.au_adjacency = cooccurrence(samples["aus"])  # every clip trains: every clip counts
+            return
         graph = self.cache.fold_graph(fold)
         if str(graph["test_subject"]) != self.test_subject:
             raise ValueError(f"AU graph of fold {fold} is for {graph['test_subject']}, expected {self.test_subject}")

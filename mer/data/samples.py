@@ -52,7 +52,7 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,24 +202,43 @@ def estimate_apex_by_flow(frames: Mapping[int, Path], onset: int, offset: int, s
         image = cv2.imread(str(frames[number]), cv2.IMREAD_GRAYSCALE)
         if image is None:
             raise OSError(f"cannot read frame {frames[number]}")
-        scale = size / max(image.shape)
-        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        return image
 
     numbers = [number for number in frames if onset < number <= offset]  # recorded frames only (SMIC has gaps)
     if not numbers:
         return onset
+    return numbers[most_moving_frame(load(onset), (load(number) for number in numbers), size)]
+
+
+def most_moving_frame(reference: np.ndarray, images: Iterable[np.ndarray], size: int = 112) -> int:
+    """The index of the image (in ``images``) that moved most from ``reference``, by DIS optical flow.
+
+    The images are shrunk so that the longer side is ``size`` pixels; each flow from the reference has its
+    best-fitting affine motion removed (see :func:`estimate_apex_by_flow`); the largest mean residual magnitude wins.
+
+    Args:
+        reference: ``(H, W)`` uint8 grey image (the onset).
+        images: ``(H, W)`` uint8 grey images, read one at a time.
+        size: Longer side of the images the flow is computed on, pixels.
+    """
+    import cv2
+
+    def shrink(image: np.ndarray) -> np.ndarray:
+        scale = size / max(image.shape)
+        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
     flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    reference = load(onset)
+    reference = shrink(reference)
     height, width = reference.shape
     ys, xs = np.mgrid[0:height, 0:width]
     affine_basis = np.stack([np.ones(xs.size), xs.ravel(), ys.ravel()], axis=1)  # (H*W, 3)
     affine_fit = np.linalg.pinv(affine_basis)  # (3, H*W): least-squares affine coefficients of a flow field
     magnitudes = []
-    for number in numbers:
-        vectors = flow.calc(reference, load(number), None).reshape(-1, 2)  # (H*W, 2)
+    for image in images:
+        vectors = flow.calc(reference, shrink(image), None).reshape(-1, 2)  # (H*W, 2)
         residual = vectors - affine_basis @ (affine_fit @ vectors)
         magnitudes.append(np.linalg.norm(residual, axis=1).mean())
-    return numbers[int(np.argmax(magnitudes))]
+    return int(np.argmax(magnitudes))
 
 
 # ------------------------------------------------------------------------------------------------ sheet reading

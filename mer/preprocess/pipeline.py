@@ -355,6 +355,7 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
     """Gather per-clip results into the cache's arrays and tables, then write the manifest (with ``fingerprint``)."""
     from mer.preprocess.au_graph import AUS, write_fold_graphs
     from mer.preprocess.rois import roi_indices
+    from mer.version import provenance
 
     # Problem.clip reads "subject/clip".
     rejected = [
@@ -418,6 +419,7 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         "subjects": subjects,
         "aus": list(AUS),
         "inputs": fingerprint,
+        **provenance(),  # mer_version, git_commit (None outside a git checkout)
     }
     # Written last: its presence is what marks the directory complete.
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
