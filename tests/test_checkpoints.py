@@ -68,7 +68,7 @@ def test_loso_keeps_each_folds_model_with_save_checkpoints(tiny_corpus: Path, tm
                         "trainer.max_epochs=1", "data.batch_size=4", "logger=none", "save_checkpoints=true",
                         f"trainer.fold_parallel={str(parallel).lower()}", f"paths.output_dir={tmp_path / 'out'}")
     summary = run_loso(cfg, tmp_path / "out")
-    cache_dir = next((tmp_path / "cache" / "synthetic").iterdir())
+    cache_dir = next(path.parent for path in (tmp_path / "cache" / "synthetic").glob("*/manifest.json"))
     assert summary["num_folds"] == 3
     for fold in range(3):
         _reproduces_fold(tmp_path / "out", cache_dir, fold)
