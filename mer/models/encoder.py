@@ -26,13 +26,11 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention, ``softmax(q kᵀ / √d) v``, without mask or dropout.
+    """Scaled dot-product attention, ``softmax(q kᵀ / √d) v``, without mask or dropout, written out.
 
-    The same function as ``F.scaled_dot_product_attention(q, k, v)``, written out so that
-    :func:`torch.func.vmap` batches it (fold-parallel training): the fused CPU kernel has no
-    batching rule, and vmap would fall back to a Python loop over the folds. For these short
-    sequences (10 to 30 tokens) a training step is as fast either way on 2 CPU cores
-    (``benchmarks/train_step.py``), so both training paths share this one.
+    The same function as ``F.scaled_dot_product_attention(q, k, v)`` as plain matmuls and a softmax,
+    so that :func:`torch.func.vmap` batches it (fold-parallel training): the fused CPU kernel has no
+    batching rule, and vmap would fall back to a Python loop over the folds.
 
     Args:
         query, key, value: ``(..., L, d)``.
@@ -42,6 +40,28 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> to
     """
     scores = (query @ key.transpose(-2, -1)) * query.shape[-1] ** -0.5
     return scores.softmax(dim=-1) @ value
+
+
+def _under_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor batched by :func:`torch.func.vmap` (fold-parallel training)."""
+    try:
+        return bool(torch._C._functorch.is_batchedtensor(x))
+    except AttributeError:  # pragma: no cover - a torch without functorch's C hooks
+        return False
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """:func:`attention`, by torch's fused kernel (``F.scaled_dot_product_attention``) where it can be.
+
+    The fused kernel computes the softmax in one pass per row and keeps no ``(L, L)`` score tensor
+    for the backward pass: with 8 heads over 10 to 30 tokens it makes a CPU training step about a
+    quarter faster (``benchmarks/train_step.py``). Under :func:`torch.func.vmap` the written-out
+    :func:`attention` is used instead, which has batching rules. Both agree to float32 rounding
+    (``tests/test_model.py``).
+    """
+    if _under_vmap(query):
+        return attention(query, key, value)
+    return F.scaled_dot_product_attention(query, key, value)
 
 
 class EncoderLayer(nn.Module):
@@ -85,13 +105,14 @@ class EncoderLayer(nn.Module):
         # (fold-parallel training) a 2-D input keeps every weight gradient one matmul per fold, where
         # a 3-D one would be computed per sequence and then summed.
         flat = tokens.reshape(batch * length, width)
-        # Each projection (M L, inner) viewed as (M, heads, L, head_dim).
-        q, k, v = (
-            projection(flat).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-            for projection in (self.query, self.key, self.value)
-        )
+        # q, k and v as one (M L, 3 inner) matmul: one pass over the tokens instead of three, and
+        # weight gradients of a third of the calls. The three weights stay three parameters (the
+        # state_dict keys and the initialisation are those of three bias-free nn.Linear).
+        weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))
+        qkv = F.linear(flat, weight).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (M, heads, L, head_dim), strided views: no copies
         # Scale 1/sqrt(head_dim), no dropout on the attention weights (as published).
-        attended = attention(q, k, v).transpose(1, 2).reshape(batch * length, self.heads * self.head_dim)
+        attended = fused_attention(q, k, v).transpose(1, 2).reshape(batch * length, self.heads * self.head_dim)
         x = self.norm_attn(flat + fast_dropout(self.attn_out(attended), self.dropout, self.training))
         hidden = F.relu(self.ff_in(x))
         out = self.norm_ff(x + fast_dropout(self.ff_out(hidden), self.dropout, self.training))
