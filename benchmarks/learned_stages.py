@@ -68,8 +68,10 @@ def rife_loop(model: IFNet, frames: np.ndarray, stamps: np.ndarray) -> np.ndarra
         if ratio == 0:
             interpolated.append(frames[prev])
             continue
-        frame = single.interpolate(to_nchw_tensor(frames[prev]), to_nchw_tensor(frames[nxt]), torch.tensor([ratio]))
-        interpolated.append(frame[0].permute(1, 2, 0).numpy())
+        device = single.device
+        frame = single.interpolate(to_nchw_tensor(frames[prev], device), to_nchw_tensor(frames[nxt], device),
+                                   torch.tensor([ratio]))
+        interpolated.append(frame[0].permute(1, 2, 0).cpu().numpy())
     return np.stack(interpolated)
 
 
@@ -82,13 +84,14 @@ def rife_batched(model: IFNet, frames: np.ndarray, stamps: np.ndarray, batch_siz
 def magnet_loop(model: MagNet, frames: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Magnified frames (K*N, H, W, 3) and motion maps (K*N, H/2, W/2), one (alpha, frame) pair per call."""
     magnified, maps = [], []
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        onset = to_nchw_tensor(frames[0]) * 2 - 1
+        onset = to_nchw_tensor(frames[0], device) * 2 - 1
         for alpha in alphas:
             for frame in frames[1:]:
-                output = model(onset, to_nchw_tensor(frame) * 2 - 1, float(alpha))
-                magnified.append(((output.frame[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy())
-                maps.append(motion_map(output.shape)[0].numpy())
+                output = model(onset, to_nchw_tensor(frame, device) * 2 - 1, float(alpha))
+                magnified.append(((output.frame[0] + 1) / 2).clamp(0, 1).permute(1, 2, 0).cpu().numpy())
+                maps.append(motion_map(output.shape)[0].cpu().numpy())
     return np.stack(magnified), np.stack(maps)
 
 
@@ -110,7 +113,7 @@ def magnet_looked_at(model: MagNet, frames: np.ndarray, alphas: np.ndarray, batc
 
 def timed(function: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
-    result = function()
+    result = function()  # every stage returns arrays on the host: the device has finished
     return result, time.perf_counter() - start
 
 
@@ -125,6 +128,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--rife-weights", default=str(rife_weights_path()))
     parser.add_argument("--magnet-weights", default=None)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:K")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -138,13 +142,15 @@ def main() -> None:
         magnet_model, magnet_source = load_magnet(args.magnet_weights), args.magnet_weights
     else:
         magnet_model, magnet_source = MagNet().eval(), "random (no checkpoint given)"
+    rife_model, magnet_model = rife_model.to(args.device), magnet_model.to(args.device)
     alphas = np.round(1.2 + 0.2 * np.arange(args.alphas), 1)
     frames = synthetic_clip(args.size, args.span)
     stamps = np.arange(args.frames + 1) * args.span / args.frames
     ratios = bracket_stamps(np.arange(len(frames)), stamps)[2]
     print(f"clip: {args.frames + 1} stamps over {args.span} frames ({int((ratios > 0).sum())} interpolated), "
           f"{args.size}x{args.size}, {len(alphas)} alphas -> {args.frames * len(alphas)} MagNet pairs; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch size {args.batch_size}")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch size {args.batch_size}, "
+          f"device {args.device}")
     print(f"weights: RIFE {rife_source}; MagNet {magnet_source}")
 
     # Warm-up on a short version of the clip: oneDNN builds its kernels on first use of a shape.

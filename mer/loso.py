@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 SELECTION_MONITORS = {"val/uf1": "max", "val/uar": "max", "val/accuracy": "max", "val/loss": "min"}
 
 #: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
-FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
+FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s", "compile")
 
 
 def _cache_problem(cfg: DictConfig, directory: Path) -> str | None:
@@ -462,7 +462,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
         optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
-        input_shape=data.input_shape,
+        input_shape=data.input_shape, compile=bool(cfg.trainer.get("compile", False)),
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
                     val_subjects=data.val_subjects, cfg=cfg)
