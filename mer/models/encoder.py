@@ -7,6 +7,9 @@ width (49 = one flattened 7x7 patch) need not equal heads x head_dim (8 x 16 = 1
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -50,6 +53,21 @@ def _under_vmap(x: torch.Tensor) -> bool:
         return False
 
 
+_FUSED = {"enabled": True}
+
+
+@contextlib.contextmanager
+def written_out_attention() -> Iterator[None]:
+    """Within this context every encoder layer uses the written-out :func:`attention` (e.g. to count its FLOPs:
+    ``torch.utils.flop_counter`` does not see inside the fused CPU kernel)."""
+    previous = _FUSED["enabled"]
+    _FUSED["enabled"] = False
+    try:
+        yield
+    finally:
+        _FUSED["enabled"] = previous
+
+
 def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """:func:`attention`, by torch's fused kernel (``F.scaled_dot_product_attention``) where it can be.
 
@@ -59,7 +77,7 @@ def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
     :func:`attention` is used instead, which has batching rules. Both agree to float32 rounding
     (``tests/test_model.py``).
     """
-    if _under_vmap(query):
+    if not _FUSED["enabled"] or _under_vmap(query):
         return attention(query, key, value)
     return F.scaled_dot_product_attention(query, key, value)
 
