@@ -69,15 +69,17 @@ def written_out_attention() -> Iterator[None]:
 
 
 def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """:func:`attention`, by torch's fused kernel (``F.scaled_dot_product_attention``) where it can be.
+    """:func:`attention`, by torch's fused kernel (``F.scaled_dot_product_attention``) where it is the faster one.
 
-    The fused kernel computes the softmax in one pass per row and keeps no ``(L, L)`` score tensor
-    for the backward pass: with 8 heads over 10 to 30 tokens it makes a CPU training step about a
-    quarter faster (``benchmarks/train_step.py``). Under :func:`torch.func.vmap` the written-out
-    :func:`attention` is used instead, which has batching rules. Both agree to float32 rounding
-    (``tests/test_model.py``).
+    On CUDA the fused kernels (flash, memory-efficient) keep no ``(L, L)`` score tensor for the backward
+    pass and launch one kernel instead of five. On CPU, for these 10 to 30 tokens of 16-wide heads, the
+    fused kernel (built for long sequences: its blocks are mostly padding here) took 35 % of a training
+    step on one thread, where the written-out matmuls and softmax are 8-11 % faster overall
+    (``benchmarks/train_step.py --profile``; README "Speed"), so CPU runs :func:`attention`. Under
+    :func:`torch.func.vmap` the written-out attention is used too: it has batching rules. Both agree to
+    float32 rounding (``tests/test_model.py``).
     """
-    if not _FUSED["enabled"] or _under_vmap(query):
+    if not _FUSED["enabled"] or query.device.type == "cpu" or _under_vmap(query):
         return attention(query, key, value)
     return F.scaled_dot_product_attention(query, key, value)
 
