@@ -2,7 +2,10 @@
 
     python benchmarks/loso_sweep.py [--epochs E] [--jobs 2] [--modes sequential joblib fold_parallel] [--out DIR]
 
-1. **sequential**: ``python train.py`` -- every fold in one process, one after another (Lightning).
+1. **sequential**: ``python train.py trainer.fold_workers=1`` -- every fold in one process, one after another
+   (Lightning).
+1b. **fold_workers**: ``python train.py`` (the default, ``trainer.fold_workers=auto``) -- the same loop spread over
+   one worker process per core, one thread each (mer/fold_workers.py).
 2. **joblib**: ``python train.py -m fold='range(0,F)' hydra/launcher=joblib hydra.launcher.n_jobs=J`` --
    one job per fold, J at a time (each with cores / J threads, or its own GPU).
 3. **fold_parallel**: ``python train.py trainer.fold_parallel=true`` -- all folds at once as one stacked
@@ -83,8 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=None, help="trainer.max_epochs (default: the config's)")
     parser.add_argument("--jobs", type=int, default=2, help="joblib workers")
-    parser.add_argument("--modes", nargs="+", default=["sequential", "joblib", "fold_parallel"],
-                        choices=["sequential", "joblib", "fold_parallel"])
+    parser.add_argument("--modes", nargs="+", default=["sequential", "fold_workers", "joblib", "fold_parallel"],
+                        choices=["sequential", "fold_workers", "joblib", "fold_parallel"])
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_loso_sweep" / time.strftime("%Y%m%d-%H%M%S"))
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (e.g. dataset.root=...)")
     args = parser.parse_args()
@@ -104,8 +107,9 @@ def main() -> None:
             command = [*python, "-m", f"fold=range(0,{num_folds})", "hydra/launcher=joblib",
                        f"hydra.launcher.n_jobs={args.jobs}", f"hydra.sweep.dir={out}", *overrides]
         else:
-            command = [*python, f"hydra.run.dir={out}", *overrides,
-                       *(["trainer.fold_parallel=true"] if mode == "fold_parallel" else [])]
+            mode_overrides = {"sequential": ["trainer.fold_workers=1"], "fold_workers": [],  # the default: auto
+                              "fold_parallel": ["trainer.fold_parallel=true"]}[mode]
+            command = [*python, f"hydra.run.dir={out}", *overrides, *mode_overrides]
         before = load_average()
         seconds = timed(command, args.out / f"{mode}.log")
         if mode == "joblib":

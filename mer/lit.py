@@ -31,6 +31,9 @@ class MERModule(pl.LightningModule):
         momentum: SGD momentum (``optim.momentum``; 0 with Adam).
         input_shape: One sample's input shape (``LOSODataModule.input_shape``): flow-image models and the
             linear probe size themselves from it.
+        compile: Run the network through ``torch.compile`` (``trainer.compile``; :mod:`mer.models.compiled`:
+            the eager network where no compiler is found or compilation fails). Parameters, state_dict and
+            checkpoints are those of the eager network.
     """
 
     def __init__(
@@ -47,6 +50,7 @@ class MERModule(pl.LightningModule):
         optimizer: str = "adam",
         momentum: float = 0.0,
         input_shape: Sequence[int] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["au_adjacency"])
@@ -55,6 +59,13 @@ class MERModule(pl.LightningModule):
             in_channels=in_channels, au_adjacency=torch.as_tensor(au_adjacency, dtype=torch.float32),
             input_shape=None if input_shape is None else [int(d) for d in input_shape],
         )
+        # Kept outside nn.Module's registry: the compiled wrapper shares the model's parameters and must not add
+        # a second copy of their names to the state_dict.
+        self.__dict__["_network"] = self.model
+        if compile:
+            from mer.models.compiled import compile_model
+
+            self.__dict__["_network"] = compile_model(self.model)[0]
         self.class_names = list(class_names)
         self.train_metrics = metric_collection(num_classes, prefix="train/")
         self.val_metrics = metric_collection(num_classes, prefix="val/")
@@ -63,7 +74,7 @@ class MERModule(pl.LightningModule):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) of a batch of inputs: ROI patches (B, N, R, C, 7, 7) or flow images (B, C, S, S)."""
-        return self.model(patches)
+        return self._network(patches)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         logits = self(batch["patches"])

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 #: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
-FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s")
+FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s", "compile", "fold_workers")
 
 
 def _cache_problem(cfg: DictConfig, directory: Path) -> str | None:
@@ -530,7 +530,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
         optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
-        input_shape=data.input_shape,
+        input_shape=data.input_shape, compile=bool(cfg.trainer.get("compile", False)),
     )
     write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
                     val_subjects=data.val_subjects, cfg=cfg)
@@ -590,6 +590,20 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
                                   seconds=time.perf_counter() - start)
 
 
+def fold_workers(cfg: DictConfig, folds: int) -> int:
+    """Worker processes for the folds of this run (``trainer.fold_workers``, :mod:`mer.fold_workers`): 1 (this
+    process) for one fold, on a GPU by default, with Lightning's multi-device strategies, and when asked."""
+    from mer.fold_workers import resolve_fold_workers
+
+    trainer = cfg.trainer
+    setting = trainer.get("fold_workers", 1)
+    if folds < 2 or str(trainer.get("strategy", "auto")) not in ("auto", "None") or trainer.get("devices", 1) not in (1, "1"):
+        return 1
+    accelerator = str(trainer.get("accelerator", "auto"))
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return resolve_fold_workers(setting, folds, cuda)
+
+
 def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
     """Run the folds ``cfg.fold`` asks for and, when every fold ran, write the pooled summary.
 
@@ -630,10 +644,17 @@ def run_loso(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any] | None:
 
             tables = run_folds_parallel(cfg, cache, out_dir, folds, wandb_group=group, progress=progress)
         else:
-            tables = []
-            for fold in folds:
-                tables.append(run_fold(cfg, fold, cache, out_dir, wandb_group=group, progress=progress))
-                progress.fold_done()
+            workers = fold_workers(cfg, len(folds))
+            if workers > 1:
+                from mer.fold_workers import run_folds_in_workers
+
+                tables = run_folds_in_workers(cfg, cache.directory, out_dir, folds, workers, wandb_group=group,
+                                              progress=progress)
+            else:
+                tables = []
+                for fold in folds:
+                    tables.append(run_fold(cfg, fold, cache, out_dir, wandb_group=group, progress=progress))
+                    progress.fold_done()
     if cfg.fold is not None or any(table is None for table in tables):
         return None
     predictions = pd.concat(tables, ignore_index=True)

@@ -84,6 +84,17 @@ def paper_result(tiny_corpus, weights, interpolated_clip):
     return cfg, sample, process_clip(sample, frame_paths, cfg)
 
 
+def test_a_worker_renders_only_the_frame_it_reads_and_caches_the_same_patches(paper_result, interpolated_clip):
+    """process_clip(keep_magnified=False), as preprocessing workers call it: MagNet decodes frame N at the test
+    alpha only, and the patches and landmarks are those of the clip with every test-alpha frame kept."""
+    cfg, sample, full = paper_result
+    lean = process_clip(sample, interpolated_clip[1], cfg, keep_magnified=False)
+    assert lean.magnified.shape == (1, 256, 256, 3)
+    np.testing.assert_allclose(lean.magnified[0], full.magnified[-1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lean.patches, full.patches, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lean.landmarks, full.landmarks, rtol=0, atol=1e-5)
+
+
 def test_experiment_composes_the_papers_settings_for_both_commands(weights):
     cfg = compose_preprocess("experiment=paper_synthetic", "paths.weights_dir=/opt/mer-weights")
     worker = pipeline.worker_config(cfg)

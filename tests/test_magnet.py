@@ -139,6 +139,43 @@ def test_clip_magnification_matches_the_one_pair_at_a_time_loop(model, channels_
                                            atol=1e-5)
 
 
+def test_frames_on_demand_render_only_what_is_read_and_equal_the_loop(model):
+    """render="on_demand": the maps without any decoder call; each frame read equals the one-pair-at-a-time loop."""
+    from mer.preprocess.magnify import FramesOnDemand
+
+    rng = np.random.default_rng(3)
+    frames = rng.random((4, 32, 40, 3), dtype=np.float32)
+    alphas = [1.2, 2.0, 3.0]
+    magnifier = MagnetMagnifier(model, batch_size=2)
+    calls = []
+    decoder = magnifier.model.decoder
+    original = decoder.forward
+    decoder.forward = lambda *args: calls.append(args[0].shape[0]) or original(*args)
+    lazy = magnifier.magnify_clip(frames, alphas, keep_shapes=True, render="on_demand")
+    assert isinstance(lazy.frames, FramesOnDemand) and lazy.frames.shape == (3, 3, 32, 40, 3) and calls == []
+    eager = MagnetMagnifier(model, batch_size=2).magnify_clip(frames, alphas, keep_shapes=True)
+    np.testing.assert_allclose(lazy.motion_maps, eager.motion_maps, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lazy.shapes, eager.shapes, rtol=0, atol=1e-5)
+    last = lazy.frames[1, -1]  # the landmark frame: one pair rendered
+    assert last.shape == (32, 40, 3) and sum(calls) == 1 and lazy.frames.rendered_count == 1
+    row = lazy.frames[1]  # a visualisation's row: the two other pairs of that alpha, the first one reused
+    assert row.shape == (3, 32, 40, 3) and sum(calls) == 3
+    np.testing.assert_array_equal(row[-1], last)
+    to_network = lambda image: torch.from_numpy(image.transpose(2, 0, 1))[None] * 2 - 1  # noqa: E731
+    with torch.inference_mode():
+        for k in range(1, 4):
+            single = model(to_network(frames[0]), to_network(frames[k]), alphas[1])
+            expected = ((single.frame[0].permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy()
+            np.testing.assert_allclose(row[k - 1], expected, rtol=0, atol=1e-5)
+    # Any other indexing agrees with the array rendered in full.
+    np.testing.assert_allclose(np.asarray(lazy.frames), eager.frames, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lazy.frames[:, 1:, 2:5, ::3], eager.frames[:, 1:, 2:5, ::3], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(lazy.frames[..., 0], eager.frames[..., 0], rtol=0, atol=1e-5)
+    assert sum(calls) == 9  # every pair rendered once, however often it was read
+    with pytest.raises(ValueError, match="render"):
+        magnifier.magnify_clip(frames, alphas, render="some")
+
+
 def test_clip_magnification_rejects_odd_sizes(model):
     with pytest.raises(ValueError, match="even frame sizes"):
         MagnetMagnifier(model).magnify_clip(np.zeros((3, 31, 32, 3), np.float32), [2.0])

@@ -359,3 +359,60 @@ def test_same_seed_same_initialisation(default_cfg, co_occurrence):
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert not torch.equal(first["trunk.projection.0.weight"], third["trunk.projection.0.weight"])
     assert not torch.equal(first["au_graphs.embeddings"], third["au_graphs.embeddings"])
+
+
+# --- The fast paths of the encoder layer against their references -------------------------------------------------
+
+
+def test_fused_attention_equals_written_out_attention_with_gradients():
+    from mer.models.encoder import attention, fused_attention
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(6, 8, 20, 16, generator=generator, requires_grad=True) for _ in range(3)]
+    copies = [t.detach().clone().requires_grad_() for t in inputs]
+    # The fused kernel itself (what fused_attention runs on CUDA; on CPU it runs the written-out one).
+    fast, slow = F.scaled_dot_product_attention(*inputs), attention(*copies)
+    torch.testing.assert_close(fused_attention(*inputs).detach(), slow.detach(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+    upstream = torch.randn(fast.shape, generator=generator)
+    (fast * upstream).sum().backward()
+    (slow * upstream).sum().backward()
+    for a, b in zip(inputs, copies):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+
+
+def test_fused_attention_under_vmap_takes_the_batchable_path():
+    import warnings
+
+    from torch.func import vmap
+
+    from mer.models.encoder import attention, fused_attention
+
+    q, k, v = (torch.randn(3, 4, 2, 10, 16) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fused kernel's missing batching rule would warn (a per-fold loop)
+        batched = vmap(fused_attention)(q, k, v)
+    torch.testing.assert_close(batched, attention(q, k, v), rtol=0, atol=1e-6)
+
+
+def test_encoder_layer_training_step_equals_the_three_projection_oracle(default_cfg, co_occurrence):
+    """One q/k/v matmul and the fused attention give the outputs and weight gradients of the written-out layer."""
+    layer = make_model(default_cfg, co_occurrence).trunk.region_encoders[1][0]
+    layer.train()
+    layer.dropout = 0.0  # the same draws cannot be replayed by the oracle; everything else is as in training
+    x = torch.randn(16, 20, 49, generator=torch.Generator().manual_seed(2))
+    fast = layer(x)
+    fast.square().sum().backward()
+    fast_grads = {name: p.grad.clone() for name, p in layer.named_parameters()}
+    layer.zero_grad()
+    slow = oracle_encoder_layer(layer, x)
+    slow.square().sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(fast_grads[name], p.grad, rtol=1e-4, atol=1e-4, msg=name)
+    assert sorted(dict(layer.named_parameters())) == sorted(
+        f"{module}.{kind}" for module, kinds in [("query", ["weight"]), ("key", ["weight"]), ("value", ["weight"]),
+                                                  ("attn_out", ["weight", "bias"]), ("norm_attn", ["weight", "bias"]),
+                                                  ("ff_in", ["weight", "bias"]), ("ff_out", ["weight", "bias"]),
+                                                  ("norm_ff", ["weight", "bias"])] for kind in kinds
+    )

@@ -7,6 +7,9 @@ width (49 = one flattened 7x7 patch) need not equal heads x head_dim (8 x 16 = 1
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -26,13 +29,11 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention, ``softmax(q kᵀ / √d) v``, without mask or dropout.
+    """Scaled dot-product attention, ``softmax(q kᵀ / √d) v``, without mask or dropout, written out.
 
-    The same function as ``F.scaled_dot_product_attention(q, k, v)``, written out so that
-    :func:`torch.func.vmap` batches it (fold-parallel training): the fused CPU kernel has no
-    batching rule, and vmap would fall back to a Python loop over the folds. For these short
-    sequences (10 to 30 tokens) a training step is as fast either way on 2 CPU cores
-    (``benchmarks/train_step.py``), so both training paths share this one.
+    The same function as ``F.scaled_dot_product_attention(q, k, v)`` as plain matmuls and a softmax,
+    so that :func:`torch.func.vmap` batches it (fold-parallel training): the fused CPU kernel has no
+    batching rule, and vmap would fall back to a Python loop over the folds.
 
     Args:
         query, key, value: ``(..., L, d)``.
@@ -42,6 +43,45 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> to
     """
     scores = (query @ key.transpose(-2, -1)) * query.shape[-1] ** -0.5
     return scores.softmax(dim=-1) @ value
+
+
+def _under_vmap(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a tensor batched by :func:`torch.func.vmap` (fold-parallel training)."""
+    try:
+        return bool(torch._C._functorch.is_batchedtensor(x))
+    except AttributeError:  # pragma: no cover - a torch without functorch's C hooks
+        return False
+
+
+_FUSED = {"enabled": True}
+
+
+@contextlib.contextmanager
+def written_out_attention() -> Iterator[None]:
+    """Within this context every encoder layer uses the written-out :func:`attention` (e.g. to count its FLOPs:
+    ``torch.utils.flop_counter`` does not see inside the fused CPU kernel)."""
+    previous = _FUSED["enabled"]
+    _FUSED["enabled"] = False
+    try:
+        yield
+    finally:
+        _FUSED["enabled"] = previous
+
+
+def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """:func:`attention`, by torch's fused kernel (``F.scaled_dot_product_attention``) where it is the faster one.
+
+    On CUDA the fused kernels (flash, memory-efficient) keep no ``(L, L)`` score tensor for the backward
+    pass and launch one kernel instead of five. On CPU, for these 10 to 30 tokens of 16-wide heads, the
+    fused kernel (built for long sequences: its blocks are mostly padding here) took 35 % of a training
+    step on one thread, where the written-out matmuls and softmax are 8-11 % faster overall
+    (``benchmarks/train_step.py --profile``; README "Speed"), so CPU runs :func:`attention`. Under
+    :func:`torch.func.vmap` the written-out attention is used too: it has batching rules. Both agree to
+    float32 rounding (``tests/test_model.py``).
+    """
+    if not _FUSED["enabled"] or query.device.type == "cpu" or _under_vmap(query):
+        return attention(query, key, value)
+    return F.scaled_dot_product_attention(query, key, value)
 
 
 class EncoderLayer(nn.Module):
@@ -85,13 +125,14 @@ class EncoderLayer(nn.Module):
         # (fold-parallel training) a 2-D input keeps every weight gradient one matmul per fold, where
         # a 3-D one would be computed per sequence and then summed.
         flat = tokens.reshape(batch * length, width)
-        # Each projection (M L, inner) viewed as (M, heads, L, head_dim).
-        q, k, v = (
-            projection(flat).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
-            for projection in (self.query, self.key, self.value)
-        )
+        # q, k and v as one (M L, 3 inner) matmul: one pass over the tokens instead of three, and
+        # weight gradients of a third of the calls. The three weights stay three parameters (the
+        # state_dict keys and the initialisation are those of three bias-free nn.Linear).
+        weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))
+        qkv = F.linear(flat, weight).view(batch, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (M, heads, L, head_dim), strided views: no copies
         # Scale 1/sqrt(head_dim), no dropout on the attention weights (as published).
-        attended = attention(q, k, v).transpose(1, 2).reshape(batch * length, self.heads * self.head_dim)
+        attended = fused_attention(q, k, v).transpose(1, 2).reshape(batch * length, self.heads * self.head_dim)
         x = self.norm_attn(flat + fast_dropout(self.attn_out(attended), self.dropout, self.training))
         hidden = F.relu(self.ff_in(x))
         out = self.norm_ff(x + fast_dropout(self.ff_out(hidden), self.dropout, self.training))

@@ -43,7 +43,8 @@ class ClipResult:
         timings: Stage name -> seconds (``load``, ``face``, ``stabilize``, ``interpolate``, ``magnify``,
             ``landmarks``, ``patches`` or ``flow``, ``total``).
         onset: ``(S, S, 3)`` float32 onset face crop (S = ``preprocess.face.crop_size``).
-        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha (flow image: the apex crop).
+        magnified: ``(N, S, S, 3)`` float32 frames 1..N magnified at the test alpha (flow image: the apex crop;
+            ``process_clip(keep_magnified=False)``: frame N only, ``(1, S, S, 3)``).
         maps: ``(N, C, M, M)`` float32 motion maps at the test alpha (M = ``preprocess.map_size``; flow image: the
             image itself, ``(1, C, s, s)``).
         stamps: ``(N + 1,)`` the time stamps (frame numbers, fractional where interpolated).
@@ -314,7 +315,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     validate_magnification(cfg["magnification"])
 
 
-def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
+def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any], *,
+                 keep_magnified: bool = True) -> ClipResult:
     """Preprocess one clip.
 
     Args:
@@ -324,6 +326,9 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
         cfg: The resolved preprocess config: ``frames`` (N), ``rois``, ``interpolation``, ``magnification``,
             ``motion`` and ``preprocess`` (``span``, ``face``, ``map_size``, optional ``landmarks_on``:
             ``onset`` (default) | ``magnified``, optional ``allow_frame_gaps``).
+        keep_magnified: Keep frames 1..N magnified at the test alpha in ``ClipResult.magnified`` (what a
+            visualisation shows). False keeps frame N only: a learned magnifier then renders no frame the clip
+            does not read (the cache holds patches and landmarks only; preprocessing workers pass False).
 
     Returns:
         The :class:`ClipResult`.
@@ -333,7 +338,7 @@ def process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg
         ConfigError: An invalid config (:func:`check_config` finds it before any clip).
     """
     try:
-        return _process_clip(sample, frame_paths, cfg)
+        return _process_clip(sample, frame_paths, cfg, keep_magnified)
     except ClipError as error:
         raise error.with_clip(clip_id(sample)) from None
 
@@ -389,14 +394,15 @@ def _face_crops(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg:
     return _FaceCrops(stamps, numbers, crops, face, box, face_in_crop, transforms, motion, points)
 
 
-def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any]) -> ClipResult:
+def _process_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
+                  keep_magnified: bool = True) -> ClipResult:
     stages = _stages(cfg)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if stages.flow_image is not None:
         result = _flow_image_clip(sample, frame_paths, cfg, stages, timings)
     else:
-        result = _roi_patch_clip(sample, frame_paths, cfg, stages, timings)
+        result = _roi_patch_clip(sample, frame_paths, cfg, stages, timings, keep_magnified)
     timings["total"] = time.perf_counter() - start
     return result
 
@@ -425,7 +431,7 @@ def _flow_image_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path],
 
 
 def _roi_patch_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], cfg: Mapping[str, Any],
-                    stages: _Stages, timings: dict[str, float]) -> ClipResult:
+                    stages: _Stages, timings: dict[str, float], keep_magnified: bool = True) -> ClipResult:
     """The paper's ROI patches of N magnified motion maps (``representation=roi_patches``)."""
     face_cfg = cfg["preprocess"]["face"]
     clip = _face_crops(sample, frame_paths, cfg, stages, timings, paths=int(cfg["frames"]))
@@ -456,7 +462,9 @@ def _roi_patch_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], 
         landmarks=points.astype(np.float32),
         timings=timings,
         onset=selected[0].copy(),
-        magnified=np.array(magnified.frames[stages.test_index]),
+        # Frames of a learned magnifier are rendered here, when read (mer.preprocess.magnify.FramesOnDemand).
+        magnified=np.array(magnified.frames[stages.test_index] if keep_magnified
+                           else magnified.frames[stages.test_index, -1:]),
         maps=np.array(magnified.motion_maps[stages.test_index]),
         stamps=clip.stamps,
         face=clip.face,

@@ -16,7 +16,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.registration import optical_flow_tvl1
+
+from mer.preprocess.tvl1_batched import tvl1_flows
 
 FLOW_METHODS = ("tvl1", "tvl1_skimage", "farneback", "dis")
 
@@ -201,9 +202,11 @@ def _pairwise_flows(sources: np.ndarray, targets: np.ndarray, method: str, optio
         estimator = _tvl1(tuple(sorted(options.items())))
         return np.stack([estimator.calc(s, t, None) for s, t in zip(sources, targets)])
     if method == "tvl1_skimage":
-        # skimage returns (row, col) = (dy, dx) displacements with the same meaning as OpenCV's flow.
-        flows = [optical_flow_tvl1(s, t, dtype=np.float32, **options) for s, t in zip(sources, targets)]
-        return np.stack(flows)[:, ::-1].transpose(0, 2, 3, 1).copy()
+        # scikit-image's algorithm on every pair at once, bit for bit the flows of one call per pair
+        # (mer/preprocess/tvl1_batched.py). It returns (row, col) = (dy, dx) displacements with the same
+        # meaning as OpenCV's flow.
+        flows = tvl1_flows(sources, targets, **options)
+        return flows[:, ::-1].transpose(0, 2, 3, 1).copy()
     if method == "dis":
         # DIS accepts 8-bit images only.
         estimator = _dis(tuple(sorted(options.items())))

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mer.preprocess.errors import ConfigError
-from mer.preprocess.magnify import Magnified, amplification_factors, register_magnifier
+from mer.preprocess.magnify import FramesOnDemand, Magnified, amplification_factors, register_magnifier
 from mer.preprocess.motion import MotionSpec
 from mer.preprocess.tensor_frames import available_device, load_frame_npy, to_nchw_tensor, to_nhwc_array
 from mer.weights import MAGNET_WEIGHTS_HINT, WeightsError, load_strict
@@ -211,12 +211,13 @@ class ClipMagnification(NamedTuple):
     """MagNet applied to one clip for several alphas.
 
     Attributes:
-        frames: (K, N, H, W, 3) float32 RGB in [0, 1]: frame k's motion from the onset magnified by alpha.
+        frames: (K, N, H, W, 3) float32 RGB in [0, 1]: frame k's motion from the onset magnified by alpha (a
+            :class:`~mer.preprocess.magnify.FramesOnDemand` with ``render="on_demand"``).
         motion_maps: (K, N, H/2, W/2) float32 in [0, 1] (:func:`motion_map`).
         shapes: (K, N, 32, H/2, W/2) float32 manipulated representations, or None unless asked for.
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | FramesOnDemand
     motion_maps: np.ndarray
     shapes: np.ndarray | None
 
@@ -277,51 +278,76 @@ class MagnetMagnifier:
                             shape=torch.cat([part.shape for part in parts]))
 
     @torch.inference_mode()
+    def encode_clip(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texture and shape representations of every frame, each frame encoded once.
+
+        Args:
+            frames: (T, H, W, 3) float RGB in [0, 1]; H, W even.
+
+        Returns:
+            textures (T, 32, ~H/4, ~W/4) and shapes (T, 32, H/2, W/2), in the magnifier's memory format.
+        """
+        frames = np.asarray(frames, dtype=np.float32)
+        # (T, H, W, 3) permuted to NCHW is already channels-last in memory.
+        images = to_network_range(torch.from_numpy(frames).permute(0, 3, 1, 2).to(self.device))
+        images = images.contiguous(memory_format=self.memory_format)
+        textures, shapes = zip(*(self.model.encoder(images[start:start + self.batch_size])
+                                 for start in range(0, len(images), self.batch_size)))
+        return torch.cat(textures), torch.cat(shapes)
+
+    @torch.inference_mode()
     def magnify_clip(self, frames: np.ndarray, alphas: np.ndarray | list[float], *,
-                     keep_shapes: bool = False) -> ClipMagnification:
+                     keep_shapes: bool = False, render: str = "all") -> ClipMagnification:
         """Magnify the motion from frame 0 (onset) to each later frame, for every alpha.
 
         Args:
             frames: (N + 1, H, W, 3) float RGB in [0, 1], frame 0 the reference; H, W even.
             alphas: (K,) magnification factors.
             keep_shapes: also return the raw 32-channel representations (K*N*32*H*W/4 floats).
+            render: ``"all"``: decode every (alpha, frame) pair into a frame now. ``"on_demand"``: the
+                motion maps need only the encoder and the manipulator; the frames are a
+                :class:`~mer.preprocess.magnify.FramesOnDemand` that runs the manipulator and the
+                decoder (about 85 % of a pair's cost) for the pairs that are indexed, when they are.
+                The two give the same numbers (to float rounding: batches are formed differently).
 
         Returns:
             :class:`ClipMagnification`; magnified frames clipped to [0, 1].
         """
+        if render not in ("all", "on_demand"):
+            raise ValueError(f"render must be 'all' or 'on_demand', got {render!r}")
         frames = np.asarray(frames, dtype=np.float32)
         if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) < 2:
             raise ValueError(f"frames must be (N + 1, H, W, 3) with N >= 1, got {frames.shape}")
         _check_even(frames.shape[1:3])
         alphas = torch.as_tensor(np.asarray(alphas, dtype=np.float32).reshape(-1))
         model, device = self.model, self.device
-        # (N+1, H, W, 3) permuted to NCHW is already channels-last in memory.
-        images = to_network_range(torch.from_numpy(frames).permute(0, 3, 1, 2).to(device))
-        images = images.contiguous(memory_format=self.memory_format)
-
         # Each frame is encoded once (the published loop re-encodes the onset and frame k for
         # every (k, alpha)); the encoder is deterministic, so the result is the same.
-        textures, shapes = zip(*(model.encoder(images[start:start + self.batch_size])
-                                 for start in range(0, len(images), self.batch_size)))
-        textures, shapes = torch.cat(textures), torch.cat(shapes)
+        textures, shapes = self.encode_clip(frames)
 
         count, num_alphas = len(frames) - 1, alphas.numel()
         # Pair p stands for (alpha index p // N, frame index 1 + p % N).
         frame_index = torch.arange(num_alphas * count) % count + 1
         alpha_of_pair = alphas.repeat_interleave(count).to(device)
         height, width = frames.shape[1:3]
-        magnified = np.empty((num_alphas * count, height, width, 3), dtype=np.float32)
+        decode_now = render == "all"
+        magnified = np.empty((num_alphas * count, height, width, 3), dtype=np.float32) if decode_now else None
         maps = np.empty((num_alphas * count, height // 2, width // 2), dtype=np.float32)
         kept = None
         if keep_shapes:
             kept = np.empty((num_alphas * count, SHAPE_CHANNELS, height // 2, width // 2), dtype=np.float32)
+
+        def manipulate(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            index = frame_index[pairs].to(device)
+            return index, model.manipulator(shapes[0].expand(len(pairs), -1, -1, -1), shapes[index],
+                                             alpha_of_pair[pairs.to(device)])
+
         for start in range(0, num_alphas * count, self.batch_size):
             stop = min(start + self.batch_size, num_alphas * count)
-            index = frame_index[start:stop].to(device)
-            shape = model.manipulator(shapes[0].expand(stop - start, -1, -1, -1), shapes[index],
-                                      alpha_of_pair[start:stop])
-            rendered = from_network_range(model.decoder(textures[index], shape)).clamp_(0.0, 1.0)
-            magnified[start:stop] = to_nhwc_array(rendered)
+            index, shape = manipulate(torch.arange(start, stop))
+            if magnified is not None:
+                rendered = from_network_range(model.decoder(textures[index], shape)).clamp_(0.0, 1.0)
+                magnified[start:stop] = to_nhwc_array(rendered)
             maps[start:stop] = motion_map(shape).cpu().numpy()
             if kept is not None:
                 kept[start:stop] = shape.cpu().numpy()
@@ -330,7 +356,21 @@ class MagnetMagnifier:
             """(K*N, ...) -> (K, N, ...)."""
             return None if array is None else array.reshape(num_alphas, count, *array.shape[1:])
 
-        return ClipMagnification(frames=per_alpha(magnified), motion_maps=per_alpha(maps), shapes=per_alpha(kept))
+        if magnified is not None:
+            frames_out: np.ndarray | FramesOnDemand = per_alpha(magnified)
+        else:
+            def render_pairs(pairs: np.ndarray) -> np.ndarray:
+                out = np.empty((len(pairs), height, width, 3), dtype=np.float32)
+                with torch.inference_mode():
+                    for start in range(0, len(pairs), self.batch_size):
+                        chunk = torch.from_numpy(pairs[start:start + self.batch_size])
+                        index, shape = manipulate(chunk)
+                        rendered = from_network_range(model.decoder(textures[index], shape)).clamp_(0.0, 1.0)
+                        out[start:start + len(chunk)] = to_nhwc_array(rendered)
+                return out
+
+            frames_out = FramesOnDemand((num_alphas, count, height, width, 3), render_pairs)
+        return ClipMagnification(frames=frames_out, motion_maps=per_alpha(maps), shapes=per_alpha(kept))
 
 
 def _check_even(size: tuple[int, int] | torch.Size) -> None:
@@ -403,7 +443,10 @@ def magnet_magnification(onset: np.ndarray, frames: np.ndarray, alphas: Sequence
     """
     motion.check_magnification("magnet")
     magnifier = magnet_magnifier(weights, batch_size, device)
-    clip = magnifier.magnify_clip(np.concatenate([onset[None], frames]), amplification_factors(alphas))
+    # With MagNet's own maps no frame is needed to make them: frames are rendered when the clip reads them (its
+    # landmark frame, a visualisation). An optical-flow motion needs every rendered frame.
+    render = "on_demand" if motion.computed_by is not None else "all"
+    clip = magnifier.magnify_clip(np.concatenate([onset[None], frames]), amplification_factors(alphas), render=render)
     num_alphas, num_frames = clip.frames.shape[:2]
     if motion.computed_by is not None:
         maps = _resize_maps(clip.motion_maps.reshape(num_alphas * num_frames, *clip.motion_maps.shape[2:]),

@@ -32,16 +32,72 @@ from mer.preprocess.flow import warp
 from mer.preprocess.motion import MotionSpec
 
 
+class FramesOnDemand:
+    """``(A, K, H, W, 3)`` magnified frames, each rendered when it is first read.
+
+    A learned magnifier's motion maps need no rendered frame (MagNet's come from its manipulated
+    representation; its decoder, most of a call, only draws the frame). The frames a clip looks at
+    (the landmark frame, a visualisation) are few, so the magnifier hands out this instead of an
+    array: indexing renders the (alpha, frame) pairs it selects, once each, and returns an array,
+    as indexing the full array would. ``np.asarray`` renders every pair.
+
+    Args:
+        shape: ``(A, K, H, W, 3)``.
+        render: Flat pair indices ``p = a K + k`` (1-D int array) -> their frames ``(len(p), H, W, 3)`` float32.
+    """
+
+    def __init__(self, shape: tuple[int, ...], render: Callable[[np.ndarray], np.ndarray]) -> None:
+        if len(shape) != 5:
+            raise ValueError(f"FramesOnDemand needs an (A, K, H, W, 3) shape, got {shape}")
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(np.float32)
+        self._render = render
+        self._rendered: dict[int, np.ndarray] = {}
+
+    ndim = 5
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def rendered_count(self) -> int:
+        """How many (alpha, frame) pairs have been rendered so far."""
+        return len(self._rendered)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if any(item is Ellipsis for item in index):
+            return np.asarray(self)[index]
+        # The first two indices select (alpha, frame) pairs, as they would in the full array.
+        pairs = np.arange(self.shape[0] * self.shape[1]).reshape(self.shape[:2])[index[:2]]
+        flat = np.asarray(pairs).reshape(-1)
+        missing = [int(p) for p in np.unique(flat) if int(p) not in self._rendered]
+        if missing:
+            for pair, frame in zip(missing, self._render(np.asarray(missing, dtype=np.int64))):
+                self._rendered[pair] = np.asarray(frame, dtype=np.float32)
+        if flat.size:
+            frames = np.stack([self._rendered[int(p)] for p in flat])
+        else:
+            frames = np.empty((0, *self.shape[2:]), np.float32)
+        frames = frames.reshape(*np.shape(pairs), *self.shape[2:])
+        return frames[(slice(None),) * np.ndim(pairs) + tuple(index[2:])]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        frames = self[:, :]
+        return frames if dtype is None else frames.astype(dtype)
+
+
 @dataclass
 class Magnified:
     """A magnifier's output for one clip.
 
     Attributes:
-        frames: ``(A, K, H, W, 3)`` float32 magnified frames, one row per alpha (may be a read-only view).
+        frames: ``(A, K, H, W, 3)`` float32 magnified frames, one row per alpha (may be a read-only view, or a
+            :class:`FramesOnDemand` that renders the frames indexed).
         motion_maps: ``(A, K, C, h, w)`` float32 motion maps at ``motion.map_size`` (may be a read-only view).
     """
 
-    frames: np.ndarray
+    frames: np.ndarray | FramesOnDemand
     motion_maps: np.ndarray
 
 

@@ -114,7 +114,7 @@ def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: st
     record = {} if inputs is None else {"inputs": inputs}
     try:
         frame_paths = index_frames(sample["frames_dir"], cfg.dataset.frame_regex)
-        result = process_clip(sample, frame_paths, cfg)
+        result = process_clip(sample, frame_paths, cfg, keep_magnified=False)  # the cache keeps no frames
     except ConfigError:
         raise  # the same for every clip: the run stops (check_config normally finds it before any clip)
     except Exception as error:  # noqa: BLE001 - every failure is reported per clip, or re-raised below
