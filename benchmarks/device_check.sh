@@ -49,9 +49,9 @@ UF1=$(awk '/pooled \(MEGC\)/ {print $3}' "$WORK/train.txt" | tail -1)
 
 # 3. Learned preprocessing of one clip.
 "$PY" benchmarks/learned_stages.py --device "$DEVICE" --repeats 1 | tee "$WORK/learned.txt"
-ONE_CALL=$(awk '/one call at a time:/ {print $(NF-7)}' "$WORK/learned.txt")
-LOOKED=$(awk '/frames looked at:/ && /total/ {print $(NF-7)}' "$WORK/learned.txt")
-LOOKED_X=$(awk '/frames looked at:/ && /total/ {print $(NF-4)}' "$WORK/learned.txt")
+ONE_CALL=$(awk '/one call at a time:/ {print $(NF-6)}' "$WORK/learned.txt")
+LOOKED=$(awk '/frames looked at:/ && /total/ {print $(NF-6)}' "$WORK/learned.txt")
+LOOKED_X=$(awk '/frames looked at:/ && /total/ {print $(NF-3)}' "$WORK/learned.txt")
 
 echo
 echo "| what ($NAME) | figure |"
