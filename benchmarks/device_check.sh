@@ -21,14 +21,16 @@ DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 
 if [ "$DEVICE" = cuda ]; then
   NAME=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
   EPOCHS=25
+  STEPS=(--steps 10 --repeats 3)
 else
   NAME="no GPU present: CPU ($(nproc) cores)"
   EPOCHS=${LOSO_EPOCHS_CPU:-2}
+  STEPS=(--steps 3 --repeats 2)   # the path loop takes seconds per step on 2 shared cores
 fi
 echo "device check: $NAME; torch $("$PY" -c 'import torch; print(torch.__version__)'); load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # 1. Training step.
-"$PY" benchmarks/train_step.py --frames 12 --batch 32 --compare --device "$DEVICE" --steps 10 --repeats 3 \
+"$PY" benchmarks/train_step.py --frames 12 --batch 32 --compare --device "$DEVICE" "${STEPS[@]}" \
   | tee "$WORK/step.txt"
 STEP_MER=$(awk '$1 == "batched:" {print $4}' "$WORK/step.txt")
 STEP_LOOP=$(awk '$1 == "path" && $2 == "loop:" {print $5}' "$WORK/step.txt")
@@ -47,9 +49,9 @@ UF1=$(awk '/pooled \(MEGC\)/ {print $3}' "$WORK/train.txt" | tail -1)
 
 # 3. Learned preprocessing of one clip.
 "$PY" benchmarks/learned_stages.py --device "$DEVICE" --repeats 1 | tee "$WORK/learned.txt"
-ONE_CALL=$(awk '/one call at a time:/ {print $(NF-7)}' "$WORK/learned.txt")
-LOOKED=$(awk '/frames looked at:/ && /total/ {print $(NF-7)}' "$WORK/learned.txt")
-LOOKED_X=$(awk '/frames looked at:/ && /total/ {print $(NF-4)}' "$WORK/learned.txt")
+ONE_CALL=$(awk '/one call at a time:/ {print $(NF-6)}' "$WORK/learned.txt")
+LOOKED=$(awk '/frames looked at:/ && /total/ {print $(NF-6)}' "$WORK/learned.txt")
+LOOKED_X=$(awk '/frames looked at:/ && /total/ {print $(NF-3)}' "$WORK/learned.txt")
 
 echo
 echo "| what ($NAME) | figure |"

@@ -281,3 +281,29 @@ def test_fetch_command_gets_weights_that_pass_the_checks(tmp_path):
     path = rife_weights_path(tmp_path)
     assert path.stat().st_size == RIFE_NUM_BYTES
     check_published_weights(path)
+
+
+def two_call_forward(model: IFNet, frame0: torch.Tensor, frame1: torch.Tensor) -> torch.Tensor:
+    """The published forward: each block called once per frame order (the reference of the stacked one)."""
+    flow = frame0.new_zeros(frame0.shape[0], 4, *frame0.shape[2:])
+    mask = frame0.new_zeros(frame0.shape[0], 1, *frame0.shape[2:])
+    warped0, warped1 = frame0, frame1
+    swap = lambda f: torch.cat((f[:, 2:4], f[:, :2]), 1)  # noqa: E731
+    for block, scale in zip((model.block0, model.block1, model.block2), rife.SCALES):
+        forward_flow, forward_mask = block(torch.cat((warped0, warped1, mask), 1), flow, scale)
+        reverse_flow, reverse_mask = block(torch.cat((warped1, warped0, -mask), 1), swap(flow), scale)
+        flow = flow + (forward_flow + swap(reverse_flow)) / 2
+        mask = mask + (forward_mask + (-reverse_mask)) / 2
+        warped0 = rife.backward_warp(frame0, flow[:, :2])
+        warped1 = rife.backward_warp(frame1, flow[:, 2:4])
+    weight0 = torch.sigmoid(mask)
+    return warped0 * weight0 + warped1 * (1 - weight0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_both_frame_orders_in_one_block_call_equal_two_calls(interpolator, batch):
+    frame0, frame1 = (rife.pad_to_multiple(f) for f in smooth_frames(batch, 64, 96, seed=batch))
+    with torch.inference_mode():
+        stacked = interpolator.model(frame0, frame1).frame
+        expected = two_call_forward(interpolator.model, frame0, frame1)
+    torch.testing.assert_close(stacked, expected, atol=1e-5, rtol=0)

@@ -167,14 +167,20 @@ class IFNet(nn.Module):
         Returns:
             The midpoint frame, the flows and the mask (:class:`RifeOutput`).
         """
-        flow = frame0.new_zeros(frame0.shape[0], 4, *frame0.shape[2:])
-        mask = frame0.new_zeros(frame0.shape[0], 1, *frame0.shape[2:])
+        batch = frame0.shape[0]
+        flow = frame0.new_zeros(batch, 4, *frame0.shape[2:])
+        mask = frame0.new_zeros(batch, 1, *frame0.shape[2:])
         warped0, warped1 = frame0, frame1
         for block, scale in zip((self.block0, self.block1, self.block2), scales):
-            # The block sees both frame orders. (Stacking the two passes on the batch axis saves
-            # little on CPU and changes low-order bits; two calls match the published net exactly.)
-            forward_flow, forward_mask = block(torch.cat((warped0, warped1, mask), 1), flow, scale)
-            reverse_flow, reverse_mask = block(torch.cat((warped1, warped0, -mask), 1), _swap_flow_pair(flow), scale)
+            # The block sees both frame orders, stacked on the batch axis: one call of twice the batch
+            # instead of two (every convolution is per sample, so each order's output is that of its
+            # own call; tests/test_rife.py). On 2 CPU threads this made one midpoint 1.3x (batch 8) to
+            # 2x (batch 1) faster.
+            both_flow, both_mask = block(
+                torch.cat((torch.cat((warped0, warped1, mask), 1), torch.cat((warped1, warped0, -mask), 1))),
+                torch.cat((flow, _swap_flow_pair(flow))), scale)
+            forward_flow, reverse_flow = both_flow[:batch], both_flow[batch:]
+            forward_mask, reverse_mask = both_mask[:batch], both_mask[batch:]
             # Average the two orders: the reversed pass's flows are swapped back and its mask
             # (the weight of the *other* frame) negated, in the same operation order as published.
             flow = flow + (forward_flow + _swap_flow_pair(reverse_flow)) / 2
