@@ -4,7 +4,6 @@ and what makes a whole run useless (no clip, a class without clips) stopped befo
 than one corpus layout (tests/corpora_fixtures.py)."""
 from __future__ import annotations
 
-import csv
 import logging
 import re
 import shutil
@@ -26,6 +25,7 @@ from mer.loso import _check_classes, run_loso
 from mer.preprocess.check import check_dataset
 from mer.preprocess.errors import ConfigError
 from mer.preprocess.pipeline import ensure_corpus, run_preprocessing
+from tests.test_samples import sheet_rows, write_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,18 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 def compose_cfg(config: str, *overrides: str) -> DictConfig:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose(config, overrides=list(overrides))
-
-
-def sheet_rows(corpus: Path) -> list[list[str]]:
-    """The tiny synthetic corpus's sheet as rows of text, header first."""
-    with open(corpus / "coding.csv", newline="") as handle:
-        return list(csv.reader(handle))
-
-
-def write_csv(path: Path, rows: list[list]) -> Path:
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(rows)
-    return path
 
 
 def preprocess_cfg(root: Path, tmp_path: Path, *overrides: str) -> DictConfig:

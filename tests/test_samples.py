@@ -17,13 +17,13 @@ from mer.data.samples import (TABLE_COLUMNS, AnnotationError, index_frames, pars
 from mer.synthetic import SHEET_COLUMNS, generate_corpus, load_ground_truth
 
 
-def _sheet(corpus: Path) -> list[list[str]]:
-    """The tiny corpus's sheet as rows of text, header first."""
+def sheet_rows(corpus: Path) -> list[list[str]]:
+    """The tiny synthetic corpus's sheet as rows of text, header first."""
     with open(corpus / "coding.csv", newline="") as handle:
         return list(csv.reader(handle))
 
 
-def _write_csv(path: Path, rows: list[list]) -> Path:
+def write_csv(path: Path, rows: list[list]) -> Path:
     with open(path, "w", newline="") as handle:
         csv.writer(handle).writerows(rows)
     return path
@@ -81,11 +81,11 @@ def test_xlsx_and_csv_give_identical_tables(tiny_dataset_cfg: DictConfig) -> Non
     pd.testing.assert_frame_equal(from_xlsx, from_csv)
 
 
-@pytest.mark.parametrize(("suffix", "writer"), [("csv", _write_csv), ("xlsx", _write_xlsx)])
+@pytest.mark.parametrize(("suffix", "writer"), [("csv", write_csv), ("xlsx", _write_xlsx)])
 def test_casme2_blank_header_columns_are_tolerated(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                                    tmp_path: Path, suffix: str, writer) -> None:
     # CASME II's real sheet: Subject, Filename, (blank), OnsetFrame, ApexFrame, OffsetFrame, (blank), ...
-    rows = [row[:2] + ["junk"] + row[2:5] + [""] + row[5:] for row in _sheet(tiny_corpus)]
+    rows = [row[:2] + ["junk"] + row[2:5] + [""] + row[5:] for row in sheet_rows(tiny_corpus)]
     rows[0][2] = ""
     rows = [[int(cell) if cell.isdigit() else cell for cell in row] for row in rows]
     expected, _ = read_sample_table(tiny_dataset_cfg)
@@ -96,7 +96,7 @@ def test_casme2_blank_header_columns_are_tolerated(tiny_dataset_cfg: DictConfig,
 
 def test_header_row_and_row_numbers_after_a_title_block(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                                        tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     sheet = [["Coding sheet, SAMM style"], [], rows[0], rows[1], [], rows[1]]  # blank row, then a duplicate
     _with_sheet(tiny_dataset_cfg, _write_xlsx(tmp_path / "title.xlsx", sheet))
     tiny_dataset_cfg.header_row = 2
@@ -107,9 +107,9 @@ def test_header_row_and_row_numbers_after_a_title_block(tiny_dataset_cfg: DictCo
 
 
 def test_missing_column_is_named(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = [row[:-1] for row in _sheet(tiny_corpus)]
+    rows = [row[:-1] for row in sheet_rows(tiny_corpus)]
     with pytest.raises(AnnotationError, match=r"no column 'Estimated Emotion' \(dataset.columns.emotion\)"):
-        read_sample_table(_with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", rows)))
+        read_sample_table(_with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", rows)))
 
 
 # ------------------------------------------------------------------------------------------------- parsing
@@ -143,11 +143,11 @@ def test_index_frames_resolves_by_number(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ class map
 def test_class_map_drops_null_classes_and_matches_case_insensitively(
         tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     rows[1][-1], rows[2][-1], rows[3][-1] = "others", " Others ", " NEGATIVE "
     tiny_dataset_cfg.class_map.others = None
     with caplog.at_level(logging.INFO, logger="mer.data.samples"):
-        table, problems = read_sample_table(_with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", rows)))
+        table, problems = read_sample_table(_with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", rows)))
     assert problems == [] and len(table) == 7
     assert _key(rows[1]) not in set(table["subject"] + "/" + table["clip"])
     negative = table[(table["subject"] + "/" + table["clip"]) == _key(rows[3])].iloc[0]
@@ -165,7 +165,7 @@ def test_class_map_must_target_known_classes(tiny_dataset_cfg: DictConfig) -> No
 # ---------------------------------------------------------------------------------------- validation errors
 def _single_row_problem(cfg: DictConfig, tmp_path: Path, rows: list[list[str]], row: list[str]) -> str:
     """Read a sheet whose only data row is ``row``; expect a fatal problem and return its message."""
-    _with_sheet(cfg, _write_csv(tmp_path / "bad.csv", [rows[0], row]))
+    _with_sheet(cfg, write_csv(tmp_path / "bad.csv", [rows[0], row]))
     with pytest.raises(AnnotationError) as raised:
         read_sample_table(cfg)
     table, problems = read_sample_table(cfg, on_error="skip")
@@ -177,7 +177,7 @@ def _single_row_problem(cfg: DictConfig, tmp_path: Path, rows: list[list[str]], 
 
 def test_missing_frame_between_onset_and_offset(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                                 tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     onset, offset = int(rows[1][2]), int(rows[1][4])
     copy = tmp_path / "corpus"
     shutil.copytree(tiny_corpus / _key(rows[1]), copy / _key(rows[1]))
@@ -190,7 +190,7 @@ def test_missing_frame_between_onset_and_offset(tiny_dataset_cfg: DictConfig, ti
 
 
 def test_apex_outside_onset_offset(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     offset = int(rows[1][4])
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, ApexFrame=str(offset + 2)))
     assert message == (f"bad.csv row 2, clip {_key(rows[1])}: apex {offset + 2} outside "
@@ -200,22 +200,22 @@ def test_apex_outside_onset_offset(tiny_dataset_cfg: DictConfig, tiny_corpus: Pa
 @pytest.mark.parametrize("column", ["OnsetFrame", "OffsetFrame"])
 def test_non_numeric_onset_or_offset(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path,
                                      column: str) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, **{column: "x"}))
     assert message == f"bad.csv row 2, clip {_key(rows[1])}: non-numeric {column[:-5].lower()} frame 'x'"
 
 
 def test_onset_after_offset(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     row = _row(rows, OnsetFrame=rows[1][4], OffsetFrame=rows[1][2])
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, row)
     assert message == f"bad.csv row 2, clip {_key(rows[1])}: onset {rows[1][4]} is after offset {rows[1][2]}"
 
 
 def test_non_numeric_apex_policies(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     onset, offset = int(rows[1][2]), int(rows[1][4])
-    _with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", [rows[0], _row(rows, ApexFrame="/")] + rows[2:]))
+    _with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", [rows[0], _row(rows, ApexFrame="/")] + rows[2:]))
 
     table, problems = read_sample_table(tiny_dataset_cfg)  # default policy: middle, a warning
     assert len(table) == 9 and table["apex"][(table["subject"] + "/" + table["clip"]) == _key(rows[1])].item() == (
@@ -239,12 +239,12 @@ def test_max_flow_apex_finds_the_true_apex(synthetic_dataset_yaml: DictConfig, t
     # Early apexes (a quarter of the way from onset to offset), so that the middle frame would be far off.
     root = generate_corpus(tmp_path / "early", seed=0, subjects=2, clips_per_subject=3, frames_per_clip=(30, 30),
                            rise_fraction=(0.25, 0.3), workers=1)
-    rows = _sheet(root)
+    rows = sheet_rows(root)
     apex_column = SHEET_COLUMNS.index("ApexFrame")
     blanked = [rows[0]] + [row[:apex_column] + ["/"] + row[apex_column + 1:] for row in rows[1:]]
     cfg = synthetic_dataset_yaml.copy()
     cfg.root, cfg.apex_policy = str(root), "max_flow"
-    table, problems = read_sample_table(_with_sheet(cfg, _write_csv(tmp_path / "s.csv", blanked)))
+    table, problems = read_sample_table(_with_sheet(cfg, write_csv(tmp_path / "s.csv", blanked)))
     assert len(table) == 6 and len(problems) == 6 and not any(p.fatal for p in problems)
     assert "(dataset.apex_policy=max_flow)" in problems[0].message
     truth = load_ground_truth(root)
@@ -257,15 +257,15 @@ def test_max_flow_apex_finds_the_true_apex(synthetic_dataset_yaml: DictConfig, t
 
 
 def test_unknown_emotion(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, Estimated_Emotion="happiness"))
     assert message == (f"bad.csv row 2, clip {_key(rows[1])}: unknown emotion 'happiness': not in dataset.class_map "
                        f"(known: ['negative', 'positive', 'surprise'])")
 
 
 def test_duplicate_clip(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
-    _with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", rows + [rows[1]]))
+    rows = sheet_rows(tiny_corpus)
+    _with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", rows + [rows[1]]))
     with pytest.raises(AnnotationError, match=rf"s.csv row 11, clip {_key(rows[1])}: duplicate clip \(first on row 2"):
         read_sample_table(tiny_dataset_cfg)
     table, problems = read_sample_table(tiny_dataset_cfg, on_error="skip")
@@ -273,13 +273,13 @@ def test_duplicate_clip(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_pat
 
 
 def test_missing_subject_folder(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, Subject="7"))
     assert message == f"bad.csv row 2, clip sub07/{rows[1][1]}: subject folder {tiny_corpus / 'sub07'} does not exist"
 
 
 def test_missing_clip_folder(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, Filename="EP99_01"))
     key = f"sub{int(rows[1][0]):02d}/EP99_01"
     assert message == f"bad.csv row 2, clip {key}: clip folder {tiny_corpus / key} does not exist"
@@ -288,7 +288,7 @@ def test_missing_clip_folder(tiny_dataset_cfg: DictConfig, tiny_corpus: Path, tm
 def test_text_subjects_use_the_subject_format(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                               tmp_path: Path) -> None:
     # SAMM writes subjects as text ("006"); its folders are 006/...
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     tiny_dataset_cfg.subject_format = "{:03d}"
     message = _single_row_problem(tiny_dataset_cfg, tmp_path, rows, _row(rows, Subject="006"))
     assert f"clip 006/{rows[1][1]}: subject folder {tiny_corpus / '006'} does not exist" in message
@@ -296,9 +296,9 @@ def test_text_subjects_use_the_subject_format(tiny_dataset_cfg: DictConfig, tiny
 
 def test_skip_keeps_the_good_clips_and_reports_every_problem(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                                              tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     bad = [rows[0], _row(rows, Estimated_Emotion="joy")] + rows[2:] + [_row(rows, Filename="EP99_01")]
-    _with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", bad))
+    _with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", bad))
     with pytest.raises(AnnotationError, match="row 2.*unknown emotion 'joy'") as raised:
         read_sample_table(tiny_dataset_cfg)
     assert [p.row for p in raised.value.problems] == [2, 11]
@@ -323,12 +323,12 @@ def test_plain_mapping_config(tiny_dataset_cfg: DictConfig) -> None:
 
 def test_sheet_without_apex_column_and_unreadable_aus(tiny_dataset_cfg: DictConfig, tiny_corpus: Path,
                                                       tmp_path: Path) -> None:
-    rows = _sheet(tiny_corpus)
+    rows = sheet_rows(tiny_corpus)
     apex_column = SHEET_COLUMNS.index("ApexFrame")
     without_apex = [row[:apex_column] + row[apex_column + 1:] for row in rows]
     without_apex[1][-2] = "4+?"
     tiny_dataset_cfg.columns.apex = None
-    table, problems = read_sample_table(_with_sheet(tiny_dataset_cfg, _write_csv(tmp_path / "s.csv", without_apex)))
+    table, problems = read_sample_table(_with_sheet(tiny_dataset_cfg, write_csv(tmp_path / "s.csv", without_apex)))
     assert len(table) == 9
     assert (table["apex"] == (table["onset"] + table["offset"]) // 2).all()
     assert not any(p.fatal for p in problems) and len(problems) == 10
