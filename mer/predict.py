@@ -372,7 +372,7 @@ def save_panel(prediction: Prediction, settings: dict[str, Any], path: str | Pat
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from mer.preprocess.cache import atomic_writer
+    from mer.preprocess.cache import atomic_save_png
     from mer.preprocess.rois import roi_indices
 
     result = prediction.result
@@ -406,11 +406,7 @@ def save_panel(prediction: Prediction, settings: dict[str, Any], path: str | Pat
     fig.suptitle(Path(prediction.input).name, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    try:
-        with atomic_writer(path) as handle:
-            fig.savefig(handle, dpi=90, format="png")
-    finally:
-        plt.close(fig)
+    atomic_save_png(path, fig, dpi=90)
     return path
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mer.metrics import bootstrap_ci, pooled_metrics, present_class_metrics
-from mer.preprocess.cache import atomic_write_text, atomic_writer
+from mer.preprocess.cache import atomic_save_png, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +149,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     fig.tight_layout()
-    try:
-        with atomic_writer(path) as handle:
-            fig.savefig(handle, dpi=100, format="png")
-    finally:
-        plt.close(fig)
+    atomic_save_png(path, fig, dpi=100)
 
 
 def write_summary(

@@ -192,6 +192,17 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
         np.save(handle, array)
 
 
+def atomic_save_png(path: Path, figure: Any, dpi: int) -> None:
+    """Save a matplotlib figure as a PNG through :func:`atomic_writer`, then close it (also when saving fails)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_writer(path) as handle:
+            figure.savefig(handle, dpi=dpi, format="png")
+    finally:
+        plt.close(figure)
+
+
 def npy_problem(path: Path, expected_shape: tuple[int | None, ...] | None = None) -> str | None:
     """Why a ``.npy`` file cannot be the array it claims to be, or None when it is whole.
 

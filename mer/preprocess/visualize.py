@@ -90,14 +90,10 @@ def save_panel(result: ClipResult, cfg: Mapping[str, Any], path: Path, title: st
         fontsize=8,
     )
     fig.tight_layout()
-    from mer.preprocess.cache import atomic_writer
+    from mer.preprocess.cache import atomic_save_png
 
     path = Path(path)
-    try:
-        with atomic_writer(path) as handle:
-            fig.savefig(handle, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    atomic_save_png(path, fig, dpi=110)
     return path
 
 
