@@ -3,10 +3,10 @@
     python preprocess.py dataset=NAME [dataset.root=DIR] [frames=N] [rois=SET] [interpolation=M]
                          [magnification=M] [motion=M] [paths.cache_dir=DIR] [check=true] [visualize=K]
 
-A thin wrapper: the code is mer/commands/preprocess.py, which an installed mer runs as ``mer preprocess ...``.
+A thin wrapper: the code is mer/cli/preprocess.py, which an installed mer runs as ``mer preprocess ...``.
 """
 
-from mer.commands.preprocess import main, run
+from mer.cli.preprocess import main, run
 
 __all__ = ["main", "run"]
 

@@ -3,10 +3,10 @@
     python train.py [dataset=NAME] [fold=k] [experiment=NAME] [protocol=loso|all_subjects] [trainer.max_epochs=E] ...
     python train.py -m fold='range(0,K)' ...
 
-A thin wrapper: the code is mer/commands/train.py, which an installed mer runs as ``mer train ...``.
+A thin wrapper: the code is mer/cli/train.py, which an installed mer runs as ``mer train ...``.
 """
 
-from mer.commands.train import main, run
+from mer.cli.train import main, run
 
 __all__ = ["main", "run"]
 

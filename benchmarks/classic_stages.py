@@ -23,9 +23,9 @@ from omegaconf import OmegaConf
 from skimage import data
 
 from mer.preprocess.face import detect_face, landmarks
-from mer.preprocess.interpolate import get_interpolator, time_stamps
-from mer.preprocess.magnify import get_magnifier
-from mer.preprocess.motion import MotionSpec
+from mer.preprocess.interpolation import get_interpolator, time_stamps
+from mer.preprocess.magnification import get_magnifier
+from mer.preprocess.motion.maps import MotionSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CROP = 128

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from skimage import data
 
-from mer.preprocess.flow import DEFAULT_PARAMS, estimate_flow
+from mer.preprocess.motion.flow import default_params, estimate_flow
 
 SIZE, SUPERSAMPLE = 128, 4
 PEAKS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.5)
@@ -92,8 +92,8 @@ def main() -> None:
         print(f"tvl1 {name:<31}", evaluate(render, "tvl1", params))
     for method in ("tvl1_skimage", "farneback", "dis"):
         print(f"{method:<36}", evaluate(render, method, None))
-    print("mer tvl1 defaults:", DEFAULT_PARAMS["tvl1"])
-    print("mer tvl1_skimage defaults:", DEFAULT_PARAMS["tvl1_skimage"])
+    print("mer tvl1 defaults:", default_params("tvl1"))
+    print("mer tvl1_skimage defaults:", default_params("tvl1_skimage"))
 
 
 if __name__ == "__main__":

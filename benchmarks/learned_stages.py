@@ -36,15 +36,15 @@ import torch
 from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from mer.preprocess.magnet import MagNet, MagnetMagnifier, load_magnet, motion_map  # noqa: E402
-from mer.preprocess.rife import (  # noqa: E402
+from mer.preprocess.magnification.magnet import MagNet, MagnetMagnifier, load_magnet, motion_map  # noqa: E402
+from mer.preprocess.interpolation.rife import (  # noqa: E402
     IFNet,
     RifeInterpolator,
-    bracket_stamps,
     interpolate,
     load_rife,
     to_nchw_tensor,
 )
+from mer.preprocess.interpolation import bracket  # noqa: E402
 from mer.weights import rife_weights_path  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def synthetic_clip(size: int, span: int) -> np.ndarray:
 def rife_loop(model: IFNet, frames: np.ndarray, stamps: np.ndarray) -> np.ndarray:
     """(K, H, W, 3): one stamp at a time, each bisected with single-pair network calls."""
     single = RifeInterpolator(model)
-    previous, following, ratios = bracket_stamps(np.arange(len(frames)), stamps)
+    previous, following, ratios = bracket(np.arange(len(frames)), stamps)
     interpolated = []
     for prev, nxt, ratio in zip(previous, following, ratios):
         if ratio == 0:
@@ -146,7 +146,7 @@ def main() -> None:
     alphas = np.round(1.2 + 0.2 * np.arange(args.alphas), 1)
     frames = synthetic_clip(args.size, args.span)
     stamps = np.arange(args.frames + 1) * args.span / args.frames
-    ratios = bracket_stamps(np.arange(len(frames)), stamps)[2]
+    ratios = bracket(np.arange(len(frames)), stamps)[2]
     print(f"clip: {args.frames + 1} stamps over {args.span} frames ({int((ratios > 0).sum())} interpolated), "
           f"{args.size}x{args.size}, {len(alphas)} alphas -> {args.frames * len(alphas)} MagNet pairs; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch size {args.batch_size}, "

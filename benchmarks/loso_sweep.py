@@ -5,11 +5,11 @@
 1. **sequential**: ``python train.py trainer.fold_workers=1`` -- every fold in one process, one after another
    (Lightning).
 1b. **fold_workers**: ``python train.py`` (the default, ``trainer.fold_workers=auto``) -- the same loop spread over
-   one worker process per core, one thread each (mer/fold_workers.py).
+   one worker process per core, one thread each (mer/training/fold_workers.py).
 2. **joblib**: ``python train.py -m fold='range(0,F)' hydra/launcher=joblib hydra.launcher.n_jobs=J`` --
    one job per fold, J at a time (each with cores / J threads, or its own GPU).
 3. **fold_parallel**: ``python train.py trainer.fold_parallel=true`` -- all folds at once as one stacked
-   model (mer/fold_parallel.py).
+   model (mer/training/fold_parallel.py).
 
 Each is a fresh ``train.py`` process (start-up included, as a user would see it). The cache is built
 first when missing, untimed. Prints the wall time, pooled UF1 and the load average before and after
@@ -37,7 +37,7 @@ What it showed on a 2-core CPU machine (AMD EPYC under KVM, 1 December 2026; def
     fold_parallel  362 s   pooled UF1 0.9499   (the per-fold fixed costs go; larger ops)
 
 All three give the same pooled UF1 here. Fold-parallel was slower than sequential
-(455 s) until the training process kept freed memory for reuse (mer/allocator.py): glibc had
+(455 s) until the training process kept freed memory for reuse (mer/training/allocator.py): glibc had
 mapped and unmapped every step's activations (tens of MB for 10 folds x 32 clips), so each step
 page-faulted its working set in again. On a GPU (not measured: no device was lent to these
 sessions) the formula above predicts up to T_seq / F for fold-parallel.
@@ -65,7 +65,7 @@ def ensure_cache(overrides: list[str]) -> Path:
     """Build the default corpus and its cache if missing (untimed); return the cache directory."""
     from hydra import compose, initialize_config_dir
 
-    from mer.loso import resolve_cache
+    from mer.training.loso import resolve_cache
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "paths.output_dir=unused"])
@@ -94,7 +94,7 @@ def main() -> None:
 
     overrides = list(args.overrides) + ([f"trainer.max_epochs={args.epochs}"] if args.epochs else [])
     cache = ensure_cache(overrides)
-    from mer.preprocess.cache import load_cache
+    from mer.cache import load_cache
 
     num_folds = len(load_cache(cache).subjects)
     args.out.mkdir(parents=True, exist_ok=True)

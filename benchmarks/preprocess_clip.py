@@ -22,9 +22,9 @@ from skimage import data
 
 from mer.preprocess.clip import load_frames, process_clip, select_frames
 from mer.preprocess.face import crop_frames, detect_face, landmarks
-from mer.preprocess.flow import warp
-from mer.preprocess.interpolate import WHOLE_SEGMENT, get_interpolator
-from mer.preprocess.motion import MotionSpec
+from mer.preprocess.motion.flow import warp
+from mer.preprocess.interpolation import get_interpolator, reads_whole_segment
+from mer.preprocess.motion.maps import MotionSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ONSET, APEX = 1, 31
@@ -72,7 +72,7 @@ def main() -> None:
         cpu_seconds = (time.process_time() - cpu_start) / args.repeats
         # The magnify stage's parts, on the clip's own frames.
         stamps, numbers = select_frames(sample, np.array(sorted(paths)), args.frames, "apex", False,
-                                        cfg.interpolation.name in WHOLE_SEGMENT)
+                                        reads_whole_segment(cfg.interpolation))
         crops = crop_frames(load_frames(paths, numbers), result.crop, cfg.preprocess.face.crop_size)
         selected = get_interpolator(cfg.interpolation)(crops, numbers, stamps)
     motion = MotionSpec.from_config(cfg.motion, cfg.preprocess.map_size)

@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mer.models import LayeredRelationsNet, build_model  # noqa: E402
+from mer.models import build_model  # noqa: E402
+from mer.models.layered_relations import LayeredRelationsNet  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "layered_relations.yaml"
 REGION_SIZES = [10, 20]
@@ -115,7 +116,7 @@ def main() -> None:
     elif not args.compare:
         schedules.pop("path loop")
     if args.compile:
-        from mer.models.compiled import compile_model
+        from mer.training.compiled import compile_model
 
         compiled, how = compile_model(model)
         schedules[f"batched, {how}"] = compiled
@@ -128,7 +129,7 @@ def main() -> None:
     # FLOPs per sample of the plain arithmetic (the path loop runs exactly the published operations).
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mer.models.encoder import written_out_attention
+    from mer.models.blocks.encoder import written_out_attention
 
     with FlopCounterMode(display=False) as counter, written_out_attention():
         step(lambda x: forward_path_loop(model, x))

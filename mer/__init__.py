@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-#: The version of mer, written here only (pyproject.toml reads it; checkpoints, caches and summaries record it).
-__version__ = "0.2.0"
+from mer.version import __version__
+
+__all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
     from mer.predict import Predictor

@@ -41,7 +41,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from mer.checkpoint import CheckpointError, build_network, read_checkpoint
+from mer.cache import alpha_index
+from mer.training.checkpoint import CheckpointError, build_network, read_checkpoint
 
 #: Image files a frame folder may hold.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -214,7 +215,7 @@ def spot_apex(frame_paths: dict[int, Path], onset: int, offset: int, face: dict[
     Raises:
         ClipError: An unreadable frame, or no face on the onset.
     """
-    from mer.data.samples import most_moving_frame
+    from mer.data.frames import most_moving_frame
     from mer.preprocess.clip import read_frame
     from mer.preprocess.face import crop_box, crop_frames, find_face
 
@@ -254,7 +255,7 @@ class Predictor:
         classes: Class names in output order.
         settings: The preprocessing settings the model was trained with (the nodes
             :func:`mer.preprocess.clip.process_clip` reads).
-        checkpoint: The whole checkpoint (:mod:`mer.checkpoint`), as plain data.
+        checkpoint: The whole checkpoint (:mod:`mer.training.checkpoint`), as plain data.
     """
 
     def __init__(self, checkpoint: dict[str, Any], path: str | Path, device: str = "cpu") -> None:
@@ -268,9 +269,9 @@ class Predictor:
         self.network = build_network(checkpoint).to(self.device)
         self.test_alpha_index = None
         if self.representation == "roi_patches":
-            alphas = np.asarray(checkpoint["preprocessing"]["alphas"], dtype=np.float64)
-            test_alpha = float(checkpoint["preprocessing"]["test_alpha"])
-            self.test_alpha_index = int(np.flatnonzero(np.isclose(alphas, test_alpha))[0])
+            self.test_alpha_index = alpha_index(checkpoint["preprocessing"]["alphas"],
+                                                checkpoint["preprocessing"]["test_alpha"], "the checkpoint's test_alpha",
+                                                "its alphas")
 
     @torch.no_grad()
     def probabilities(self, patches: np.ndarray) -> np.ndarray:
@@ -303,8 +304,8 @@ class Predictor:
             PredictError: Too few frames, frame numbers outside the clip or out of order, no face found, an
                 unreadable frame or video; the message names the input.
         """
+        from mer.errors import ClipError
         from mer.preprocess.clip import load_frames, process_clip
-        from mer.preprocess.errors import ClipError
         from mer.preprocess.face import crop_frames
 
         with clip_frames(frames) as (frame_paths, name):
@@ -372,7 +373,7 @@ def save_panel(prediction: Prediction, settings: dict[str, Any], path: str | Pat
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from mer.preprocess.cache import atomic_save_png
+    from mer.files import atomic_save_png
     from mer.preprocess.rois import roi_indices
 
     result = prediction.result
@@ -455,7 +456,7 @@ def predict_table(model: Predictor, table: Path, out: Path | None) -> list[dict[
     if out is not None:
         flat = [{k: v for k, v in r.items() if k != "probabilities"}
                 | {f"prob_{c}": p for c, p in r["probabilities"].items()} for r in records]
-        from mer.preprocess.cache import atomic_write_text
+        from mer.files import atomic_write_text
 
         atomic_write_text(out / "predictions.csv", pd.DataFrame(flat).to_csv(index=False))
     return records

@@ -2,7 +2,7 @@
 
 ``train.py`` and ``preprocess.py`` compose a config from many files and overrides; a value no run can use must stop
 the run with one message that names the key, the value given and the values allowed, before a corpus is generated,
-a clip preprocessed or a fold trained (the entry points print :class:`~mer.preprocess.errors.ConfigError` without a
+a clip preprocessed or a fold trained (the entry points print :class:`~mer.errors.ConfigError` without a
 traceback). The rules are a table (:data:`COMMON_RULES`, :data:`TRAIN_RULES`, :data:`DATASET_RULES`) checked by
 :func:`check_settings`; every problem found is reported at once.
 
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mer.data.samples import APEX_POLICIES, check_dataset_config
-from mer.preprocess.errors import ConfigError
+from mer.errors import ConfigError
 
 #: ``preprocess.on_error`` values.
 ON_ERROR = ("skip", "raise")
@@ -71,7 +71,7 @@ COMMON_RULES = (
     Rule("preprocess.workers", _at_least(0), "a whole number >= 0 (0 or 1: clips are processed in this process)"),
     Rule("preprocess.rebuild", _one_of((True, False)), "true or false"),
 )
-#: Checked for ``train.py`` (``mer.loso.run_loso``).
+#: Checked for ``train.py`` (``mer.training.loso.run_loso``).
 TRAIN_RULES = (
     Rule("data.batch_size", _at_least(1), "a whole number >= 1"),
     Rule("trainer.max_epochs", _at_least(1),
@@ -241,3 +241,24 @@ def check_writable(directory: str | os.PathLike, key: str, value: Any = None) ->
                           "or make it writable") from None
     os.close(handle)
     os.unlink(probe)
+
+
+def config_dir() -> Path:
+    """The config tree (the folder holding ``train.yaml``): the one Hydra composes every run from.
+
+    An installed mer carries it as package data (``mer/conf/``, built from the top-level ``conf/``); a checkout
+    (or an editable install) reads the top-level ``conf/`` itself. The installed copy is looked for first.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no mer config tree (train.yaml) in {package / 'conf'} or {package.parent / 'conf'}: "
+                            "reinstall mer (pip install .) or run from a complete checkout")
+
+
+def command_name(script: str) -> str:
+    """How a user runs ``script`` (``train`` or ``preprocess``) here: ``mer preprocess`` from an installed mer,
+    ``python preprocess.py`` from a checkout (what error messages print)."""
+    installed = config_dir() == Path(__file__).resolve().parent / "conf"
+    return f"mer {script}" if installed else f"python {script}.py"

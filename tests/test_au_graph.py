@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mer.preprocess.au_graph import AUS, cooccurrence, fold_graphs, parse_aus, write_fold_graphs
+from mer.data.au_graph import cooccurrence, fold_graphs, write_fold_graphs
+from mer.data.aus import AUS, parse_aus
 
 
 def test_parse_aus_reads_facs_strings():

@@ -12,9 +12,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.nn import functional as F
 
-from mer.models import (
-    INPUTS, DualInception, LayeredRelationsNet, LinearProbe, OffApexNet, STSTNet, build_model, count_parameters,
-)
+from mer.models import ARCHITECTURES, build_model, count_parameters, input_kind
+from mer.models.dual_inception import DualInception
+from mer.models.layered_relations import LayeredRelationsNet
+from mer.models.linear_probe import LinearProbe
+from mer.models.off_apexnet import OffApexNet
+from mer.models.ststnet import STSTNet
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FLOW_SHAPE = (3, 28, 28)
@@ -225,11 +228,12 @@ def test_wrong_input_is_a_readable_error():
         build_model({"name": "x", "architecture": "ststnet", "filters": [1]}, num_classes=3, input_shape=FLOW_SHAPE)
 
 
-def test_every_architecture_declares_its_input():
-    from mer.models import ARCHITECTURES
-
-    assert set(INPUTS) == set(ARCHITECTURES)
-    assert set(INPUTS.values()) <= {"roi_patches", "flow_image", "any"}
+def test_every_module_of_mer_models_is_an_architecture_that_declares_its_input():
+    assert ARCHITECTURES.names() == ["dual_inception", "layered_relations", "linear_probe", "off_apexnet", "ststnet"]
+    assert {name: input_kind(name) for name in ARCHITECTURES.names()} == {
+        "dual_inception": "flow_image", "layered_relations": "roi_patches", "linear_probe": "any",
+        "off_apexnet": "flow_image", "ststnet": "flow_image"}
+    assert ARCHITECTURES.get("ststnet").build is STSTNet
 
 
 # --- Published recipes -----------------------------------------------------------------------------------------
@@ -262,7 +266,7 @@ def test_bench_recipe(name):
             assert cfg.trainer.max_epochs == epochs
         if optimiser == "sgd":
             assert cfg.optim.momentum > 0
-        assert cfg.representation.name == RECIPE_INPUTS.get(name, INPUTS[model])
+        assert cfg.representation.name == RECIPE_INPUTS.get(name, input_kind(model))
 
 
 def test_every_bench_recipe_is_in_the_sweep():
@@ -281,8 +285,9 @@ def test_every_bench_recipe_is_in_the_sweep():
 @pytest.mark.slow
 def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
     """`experiment=bench/linear_probe` through both training paths on the tiny corpus (one fold, one epoch)."""
-    from mer.loso import resolve_cache, run_fold, run_loso
-    from mer.preprocess.cache import load_cache
+    from mer.training.loso import resolve_cache, run_loso
+    from mer.training.fold import run_fold
+    from mer.cache import load_cache
 
     overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
                  f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1",
@@ -305,10 +310,10 @@ def test_linear_probe_recipe_trains_under_loso(tiny_corpus, tmp_path):
 
 @pytest.mark.parametrize("name", ["ststnet", "off_apexnet", "dual_inception"])
 def test_flow_models_stack_for_fold_parallel_training(name):
-    """Under vmap (mer/fold_parallel.py) a stacked fold trains exactly like the plain model, BatchNorm included."""
+    """Under vmap (mer/training/fold_parallel.py) a stacked fold trains exactly like the plain model, BatchNorm included."""
     import copy
 
-    from mer.fold_parallel import StackedModels
+    from mer.training.fold_parallel import StackedModels
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", "model.dropout=0"]).model

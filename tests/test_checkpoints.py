@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mer.all_subjects import check_protocol
-from mer.checkpoint import read_checkpoint
-from mer.loso import run_loso
+from mer.training.all_subjects import check_protocol
+from mer.training.checkpoint import read_checkpoint
+from mer.training.loso import run_loso
 from mer.predict import Predictor
-from mer.preprocess.cache import load_cache
-from mer.preprocess.errors import ConfigError
+from mer.cache import load_cache
+from mer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from skimage import data
 
 from mer.preprocess import clip as clip_module
 from mer.preprocess.clip import process_clip
-from mer.preprocess.errors import ClipError
+from mer.errors import ClipError
 from mer.preprocess.face import crop_frames, detect_face, landmarks
 from mer.preprocess.rois import extract_patches, roi_indices
 
@@ -75,7 +75,7 @@ def test_patches_have_the_documented_shape_and_are_finite(result):
     assert result.patches.shape == (2, 4, 30, 1, 7, 7)
     assert result.patches.dtype == np.float32 and np.isfinite(result.patches).all()
     assert result.landmarks.shape == (68, 2) and result.landmarks.dtype == np.float32
-    assert result.onset.shape == result.magnified_last.shape == (128, 128, 3)
+    assert result.onset.shape == result.magnified[-1].shape == (128, 128, 3)
     assert result.maps.shape == (4, 1, 128, 128)
     np.testing.assert_allclose(result.stamps, [101, 102.5, 104, 105.5, 107])
     assert {"load", "face", "interpolate", "magnify", "landmarks", "patches", "total"} <= set(result.timings)
@@ -197,7 +197,7 @@ def test_no_magnification_gives_one_alpha(clip):
     other = process_clip(sample, paths, make_cfg("magnification.name=none", "magnification.alphas=[1.0]",
                                                  "magnification.test_alpha=1.0"))
     assert other.patches.shape == (1, 4, 30, 1, 7, 7)
-    np.testing.assert_array_equal(other.magnified_last, crop_frames(frames[APEX][None], other.crop, 128)[0])
+    np.testing.assert_array_equal(other.magnified[-1], crop_frames(frames[APEX][None], other.crop, 128)[0])
 
 
 def test_clip_error_keeps_reason_and_clip_across_processes():

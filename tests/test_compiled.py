@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mer.models import build_model
-from mer.models import compiled as compiled_module
-from mer.models.compiled import compile_model, cpp_compiler
+from mer.training import compiled as compiled_module
+from mer.training.compiled import compile_model, cpp_compiler
 
 
 def tiny_model():
@@ -60,7 +60,7 @@ def test_a_failing_compilation_falls_back_to_eager(caplog):
 
 
 def test_the_lightning_module_keeps_the_eager_state_dict():
-    from mer.lit import MERModule
+    from mer.training.module import MERModule
 
     cfg = OmegaConf.load("conf/model/layered_relations.yaml")
     plain = MERModule(cfg, [10, 20], 12, 4, 1, np.eye(9), ["a", "b", "c", "d"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mer.console import LIGHTNING_INFO_LOGGERS, fold_line, quiet_lightning
+from mer.training.console import LIGHTNING_INFO_LOGGERS, fold_line, quiet_lightning
 
 REPO = Path(__file__).resolve().parents[1]
 NOISE = ("Tip:", "GPU available", "TPU available", "HPU available", "DeprecationWarning", "FutureWarning",

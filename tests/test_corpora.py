@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from corpora_fixtures import (CASME2_ROWS, COMPOSITE_MEMBERS, REPO, SMIC_CLIPS, build_casme2, build_casme3,
                               build_composite, build_mmew, build_samm, build_smic, write_frames, write_membership,
                               write_xlsx)
-from mer.data.corpora import load_membership, matching_key
-from mer.data.samples import AnnotationError, index_frames, read_sample_table
+from mer.data.composite import load_membership, matching_key
+from mer.data.samples import read_sample_table
+from mer.data.frames import index_frames
+from mer.data.table import AnnotationError
 from mer.preprocess.check import check_dataset
 
 CORPORA = ("casme2", "samm", "smic", "casme3", "mmew", "composite")

@@ -20,10 +20,11 @@ from omegaconf import DictConfig
 
 from corpora_fixtures import (CASME2_SHEETS, build_casme2, build_casme3, build_composite, build_mmew, build_samm,
                               build_smic, write_frames, write_membership)
-from mer.data.samples import AnnotationError, class_coverage, read_sample_table
-from mer.loso import _check_classes, run_loso
+from mer.data.samples import read_sample_table
+from mer.data.table import AnnotationError, class_coverage
+from mer.training.loso import _check_classes, run_loso
 from mer.preprocess.check import check_dataset
-from mer.preprocess.errors import ConfigError
+from mer.errors import ConfigError
 from mer.preprocess.pipeline import ensure_corpus, run_preprocessing
 from tests.test_samples import sheet_rows, write_csv
 
@@ -200,7 +201,7 @@ def test_a_class_of_one_subject_is_a_warning(tiny_corpus: Path, tmp_path: Path, 
     # The training side says it too, of the cache it trains on.
     cache = SimpleNamespace(samples=pd.read_csv(tmp_path / "check" / "samples.csv", dtype=str).rename(
         columns={"class": "label"}), manifest={"classes": list(cfg.dataset.classes)}, directory="/c")
-    with caplog.at_level(logging.WARNING, logger="mer.loso"):
+    with caplog.at_level(logging.WARNING, logger="mer.training.loso"):
         _check_classes(cache)
     assert any("class 'surprise' has clips of one subject only (sub02" in r.getMessage() for r in caplog.records)
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mer.data.datamodule import LOSODataModule
-from mer.preprocess.cache import CacheMissingError, load_cache
+from mer.training.datamodule import LOSODataModule
+from mer.cache import CacheMissingError, load_cache
 
 ALPHAS = [1.0, 2.0, 3.0]
 
@@ -82,7 +82,7 @@ def test_test_alpha_fixed_and_train_alpha_drawn_per_path(fake_cache):
 
 
 def test_unknown_test_alpha(fake_cache):
-    with pytest.raises(ValueError, match="not among the cached alphas"):
+    with pytest.raises(ValueError, match="is not one of the cached alphas"):
         LOSODataModule(fake_cache, 0, test_alpha=2.5)
 
 

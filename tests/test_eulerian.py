@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from mer.preprocess.eulerian import band_factors, band_wavelength, eulerian, laplacian_bands, pyramid_levels
-from mer.preprocess.flow import estimate_flow
-from mer.preprocess.magnify import MAGNIFIERS, get_magnifier
-from mer.preprocess.motion import MotionSpec
+from mer.preprocess.magnification.eulerian import band_factors, band_wavelength, eulerian, laplacian_bands, pyramid_levels
+from mer.preprocess.motion.flow import estimate_flow
+from mer.preprocess.magnification import MAGNIFIERS, get_magnifier
+from mer.preprocess.motion.maps import MotionSpec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZE = 96

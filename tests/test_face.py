@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from mer.preprocess.errors import ClipError
+from mer.errors import ClipError
 from mer.preprocess.face import (
     PREDICTOR_FILE,
     CropBox,

@@ -17,7 +17,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import mer
-from mer.loso import run_loso
+from mer.training.loso import run_loso
 from mer.predict import number_frames
 from mer.synthetic import generate_corpus, load_ground_truth
 

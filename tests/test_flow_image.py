@@ -10,10 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from skimage import data
 
-from mer.data.datamodule import LOSODataModule
-from mer.preprocess.errors import ConfigError
-from mer.preprocess.flow import estimate_flows
-from mer.preprocess.flow_image import FlowImageSpec, flow_image, minmax_per_channel, representation_name
+from mer.training.datamodule import LOSODataModule
+from mer.errors import ConfigError
+from mer.preprocess.motion.flow import estimate_flows
+from mer.preprocess.representation.flow_image import FlowImageSpec, flow_image, minmax_per_channel
+from mer.preprocess.representation import representation_name
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 112
@@ -79,8 +80,8 @@ def test_bad_flow_image_settings_are_config_errors(settings, match):
 
 
 def test_the_cache_holds_one_flow_image_per_clip(tiny_corpus, tmp_path):
-    from mer.loso import resolve_cache
-    from mer.preprocess.cache import load_cache
+    from mer.training.loso import resolve_cache
+    from mer.cache import load_cache
 
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[

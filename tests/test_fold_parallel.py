@@ -1,4 +1,4 @@
-"""Fold-parallel LOSO (mer/fold_parallel.py): stacking is exact, folds are independent, files match the sequential path."""
+"""Fold-parallel LOSO (mer/training/fold_parallel.py): stacking is exact, folds are independent, files match the sequential path."""
 from __future__ import annotations
 
 import copy
@@ -16,13 +16,14 @@ from omegaconf import OmegaConf
 from torch.func import vmap
 from torch.nn import functional as F
 
-import mer.fold_parallel as fold_parallel
-from mer.data.datamodule import LOSODataModule
-from mer.fold_parallel import FoldBatches, FoldData, StackedModels, fold_splits
-from mer.loso import resolve_cache, run_fold, run_loso
+import mer.training.fold_parallel as fold_parallel
+from mer.training.datamodule import LOSODataModule
+from mer.training.fold_parallel import FoldBatches, FoldData, StackedModels, fold_splits
+from mer.training.loso import resolve_cache, run_loso
+from mer.training.fold import run_fold
 from mer.models import build_model
-from mer.models.encoder import attention, fast_dropout
-from mer.preprocess.cache import load_cache
+from mer.models.blocks.encoder import attention, fast_dropout
+from mer.cache import load_cache
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_YAML = REPO / "conf" / "model" / "layered_relations.yaml"
@@ -242,7 +243,7 @@ def test_run_loso_fold_parallel_files_resume_and_interrupted_run(tiny_overrides,
         return original_step(self, patches, labels)
 
     monkeypatch.setattr(StackedModels, "train_step", counting_step)
-    with caplog.at_level(logging.INFO, logger="mer.fold_parallel"):
+    with caplog.at_level(logging.INFO, logger="mer.training.fold_parallel"):
         resumed = run_loso(compose_train(*overrides, f"paths.output_dir={tmp_path / 'b'}"), tmp_path / "b")
     assert counted["n"] == 2 and "resumes after epoch 1" in caplog.text
     assert resumed["uf1"] == summary["uf1"]
@@ -252,7 +253,7 @@ def test_run_loso_fold_parallel_files_resume_and_interrupted_run(tiny_overrides,
     (tmp_path / "b" / "folds" / "fold_01" / "predictions.csv").unlink()
     stamps = {f: (tmp_path / "b" / "folds" / f"fold_{f:02d}" / "predictions.csv").stat().st_mtime_ns for f in (0, 2)}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mer.fold_parallel"):
+    with caplog.at_level(logging.INFO, logger="mer.training.fold_parallel"):
         run_loso(compose_train(*overrides, f"paths.output_dir={tmp_path / 'b'}"), tmp_path / "b")
     assert "training of folds [1]" in caplog.text
     for f, stamp in stamps.items():

@@ -15,8 +15,10 @@ import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 
-from mer.loso import ResumeMismatchError, resolve_cache, run_fold, run_loso
-from mer.preprocess.cache import load_cache
+from mer.training.loso import resolve_cache, run_loso
+from mer.training.fold import run_fold
+from mer.training.artifacts import ResumeMismatchError
+from mer.cache import load_cache
 
 REPO = Path(__file__).resolve().parents[1]
 

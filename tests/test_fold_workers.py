@@ -6,8 +6,8 @@ import logging
 import pandas as pd
 import pytest
 
-from mer.fold_workers import resolve_fold_workers
-from mer.loso import fold_workers, run_loso
+from mer.training.fold_workers import resolve_fold_workers
+from mer.training.loso import fold_workers, run_loso
 from tests.test_train import compose_train
 
 

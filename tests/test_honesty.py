@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mer.loso import run_loso
+from mer.training.loso import run_loso
 from mer.synthetic import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """``experiment=glob(bench/*)`` sweeps over the recipes of a nested config group."""
 from pathlib import Path
 
-from mer.hydra_glob import expand_nested_globs
+from mer.cli.hydra_glob import expand_nested_globs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

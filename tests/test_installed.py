@@ -57,7 +57,7 @@ def test_the_installed_wheel_trains_and_predicts_from_an_empty_folder(tmp_path: 
 
     work = tmp_path / "work"  # an empty folder: no conf/, no mer/
     work.mkdir()
-    located = run(python, "-c", "import mer, mer.commands; print(mer.__file__); print(mer.commands.config_dir())",
+    located = run(python, "-c", "import mer, mer.settings; print(mer.__file__); print(mer.settings.config_dir())",
                   cwd=work, env=env).stdout.split()
     assert all(Path(p).is_relative_to(site) for p in located), located  # the installed copy, configs included
     mer_command = venv / "bin" / "mer"

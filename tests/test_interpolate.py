@@ -3,15 +3,9 @@
 import numpy as np
 import pytest
 
-from mer.preprocess.interpolate import (
-    INTERPOLATORS,
-    bracket,
-    flow_warp,
-    frames_needed,
-    get_interpolator,
-    linear,
-    time_stamps,
-)
+from mer.preprocess.interpolation import INTERPOLATORS, bracket, frames_needed, get_interpolator, time_stamps
+from mer.preprocess.interpolation.flow_warp import flow_warp
+from mer.preprocess.interpolation.linear import linear
 
 SIZE = 64
 
@@ -88,7 +82,7 @@ def test_flow_warp_places_content_where_the_motion_puts_it(clip):
 
 
 def test_registry_binds_options():
-    assert {"linear", "flow_warp"} <= set(INTERPOLATORS)
+    assert INTERPOLATORS.names() == ["flow_warp", "linear", "rife", "tim"]
     interpolate = get_interpolator({"name": "flow_warp", "flow": "dis", "flow_params": {}})
     assert interpolate.func is flow_warp and interpolate.keywords == {"flow": "dis", "flow_params": {}}
     assert get_interpolator({"name": "linear"}).func is linear

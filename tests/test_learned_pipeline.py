@@ -15,20 +15,22 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mer.data.samples import index_frames, read_sample_table
+from mer.data.samples import read_sample_table
+from mer.data.frames import index_frames
 from mer.preprocess import pipeline
-from mer.preprocess.cache import is_complete, load_cache
+from mer.cache import is_complete, load_cache
 from mer.preprocess.clip import check_config, process_clip
-from mer.preprocess.errors import ConfigError
-from mer.preprocess.interpolate import get_interpolator
-from mer.preprocess.magnet import MagNet, cached_magnifier, magnet_magnification
-from mer.preprocess.magnify import get_magnifier
-from mer.preprocess.motion import MotionSpec
-from mer.preprocess.rife import IFNet, RifeInterpolator, cached_rife, load_rife, rife_interpolation
+from mer.errors import ConfigError
+from mer.preprocess.interpolation import get_interpolator
+from mer.preprocess.magnification.magnet import MagNet, cached_magnifier, magnet_magnification
+from mer.preprocess.magnification import get_magnifier
+from mer.preprocess.motion.maps import MotionSpec
+from mer.preprocess.interpolation.rife import IFNet, RifeInterpolator, cached_rife, load_rife, rife_interpolation
 from mer.preprocess.rois import extract_patches, roi_indices
 from mer.preprocess.visualize import save_panel
 from mer.synthetic import load_ground_truth
-from mer.weights import MAGNET_WEIGHTS_HINT, rife_weights_path, save_state_dict
+from mer.weights import MAGNET_WEIGHTS_HINT, rife_weights_path
+from weights_fixtures import save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_RIFE = Path(os.environ.get("MER_RIFE_WEIGHTS", rife_weights_path(REPO / "weights")))
@@ -190,7 +192,7 @@ def test_motion_magnet_needs_magnification_magnet(tiny_corpus, tmp_path, weights
         pipeline.run_preprocessing(cfg, progress=False)
     assert not any(tmp_path.iterdir())  # stopped before writing anything
     spec = MotionSpec.from_config({"name": "magnet"}, 128)
-    assert spec.num_channels == 1 and spec.channels == "shape_mean"
+    assert spec.channels == "shape_mean"
     with pytest.raises(ConfigError, match="only magnification=magnet computes it"):
         spec.flows(np.zeros((8, 8, 3), np.float32), np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="unknown motion channels 'magnitude' for motion=magnet"):

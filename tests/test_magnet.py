@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mer.preprocess import magnet
-from mer.preprocess.magnet import MagNet, MagnetMagnifier, load_magnet, motion_map
-from mer.weights import MAGNET_RELEASE_URL, WeightsError, save_state_dict
+from mer.preprocess.magnification import magnet
+from mer.preprocess.magnification.magnet import MagNet, MagnetMagnifier, load_magnet, motion_map
+from mer.weights import MAGNET_RELEASE_URL, WeightsError
+from weights_fixtures import save_state_dict
 
 USER_WEIGHTS = os.environ.get("MER_MAGNET_WEIGHTS")
 
@@ -141,7 +142,7 @@ def test_clip_magnification_matches_the_one_pair_at_a_time_loop(model, channels_
 
 def test_frames_on_demand_render_only_what_is_read_and_equal_the_loop(model):
     """render="on_demand": the maps without any decoder call; each frame read equals the one-pair-at-a-time loop."""
-    from mer.preprocess.magnify import FramesOnDemand
+    from mer.preprocess.magnification import FramesOnDemand
 
     rng = np.random.default_rng(3)
     frames = rng.random((4, 32, 40, 3), dtype=np.float32)

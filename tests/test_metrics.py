@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
-from mer.metrics import pooled_metrics, present_class_metrics
-from mer.report import summarise, write_summary
+from mer.evaluation.metrics import pooled_metrics, present_class_metrics
+from mer.evaluation.summary import summarise, write_summary
 
 CLASSES = ["negative", "positive", "surprise"]
 

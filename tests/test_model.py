@@ -13,9 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from mer.models import LayeredRelationsNet, build_model
-from mer.models.au_graph import normalize_adjacency
-from mer.models.encoder import fast_dropout
+from mer.models import build_model
+from mer.models.layered_relations import LayeredRelationsNet
+from mer.models.blocks.au_graph import normalize_adjacency
+from mer.models.blocks.encoder import fast_dropout
 
 MODEL_CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # The layered-relations network and its ablations (the baselines, other architectures, are tested in
@@ -323,7 +324,7 @@ def test_ablation_switches_change_the_network(co_occurrence):
 def test_constructor_defaults_are_the_config_defaults(default_cfg):
     """The published sizes live in the YAML; the class's keyword defaults must not drift from them."""
     signature = inspect.signature(LayeredRelationsNet).parameters
-    settings = OmegaConf.to_container(default_cfg)
+    settings = OmegaConf.to_container(default_cfg, resolve=True)
     del settings["name"], settings["architecture"]
     assert settings.keys() == {key for key, p in signature.items() if p.default is not inspect.Parameter.empty}
     for key, value in settings.items():
@@ -365,7 +366,7 @@ def test_same_seed_same_initialisation(default_cfg, co_occurrence):
 
 
 def test_fused_attention_equals_written_out_attention_with_gradients():
-    from mer.models.encoder import attention, fused_attention
+    from mer.models.blocks.encoder import attention, fused_attention
 
     generator = torch.Generator().manual_seed(5)
     inputs = [torch.randn(6, 8, 20, 16, generator=generator, requires_grad=True) for _ in range(3)]
@@ -386,7 +387,7 @@ def test_fused_attention_under_vmap_takes_the_batchable_path():
 
     from torch.func import vmap
 
-    from mer.models.encoder import attention, fused_attention
+    from mer.models.blocks.encoder import attention, fused_attention
 
     q, k, v = (torch.randn(3, 4, 2, 10, 16) for _ in range(3))
     with warnings.catch_warnings():

@@ -10,9 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.nn import functional as F
 
-from mer.fold_parallel import StackedModels
-from mer.lit import MERModule
-from mer.optim import build_optimizer
+from mer.training.fold_parallel import StackedModels
+from mer.training.module import MERModule
+from mer.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = {"name": "linear_probe", "architecture": "linear_probe", "roi_patch_size": 7}
@@ -81,8 +81,9 @@ def test_a_sequential_fold_trains_with_the_configured_optimiser(tiny_corpus, tmp
 
     from hydra import compose, initialize_config_dir
 
-    import mer.loso as loso
-    from mer.preprocess.cache import load_cache
+    import mer.training.fold as fold
+    from mer.training.loso import resolve_cache
+    from mer.cache import load_cache
 
     seen = {}
 
@@ -93,7 +94,7 @@ def test_a_sequential_fold_trains_with_the_configured_optimiser(tiny_corpus, tmp
         seen.update(kwargs)
         raise Stop
 
-    monkeypatch.setattr(loso, "MERModule", capture)
+    monkeypatch.setattr(fold, "MERModule", capture)
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=[
@@ -101,5 +102,5 @@ def test_a_sequential_fold_trains_with_the_configured_optimiser(tiny_corpus, tmp
             f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "logger=none",
             f"paths.output_dir={tmp_path / 'out'}", "optim.name=sgd", "optim.momentum=0.9"])
     with pytest.raises(Stop):
-        loso.run_fold(cfg, 0, load_cache(loso.resolve_cache(cfg)), tmp_path / "out")
+        fold.run_fold(cfg, 0, load_cache(resolve_cache(cfg)), tmp_path / "out")
     assert seen["optimizer"] == "sgd" and seen["momentum"] == 0.9

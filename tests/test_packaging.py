@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mer
 from mer.cli import COMMANDS, main
-from mer.commands import command_name, config_dir
+from mer.settings import command_name, config_dir
 from mer.version import git_commit, provenance
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_every_package_of_mer_is_listed_and_the_configs_ship_from_conf() -> None
 def test_the_version_is_written_once_and_read_by_pyproject() -> None:
     project = pyproject()["project"]
     assert "version" not in project and project["dynamic"] == ["version"]
-    assert pyproject()["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "mer.__version__"}
+    assert pyproject()["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "mer.version.__version__"}
     assert re.fullmatch(r"\d+\.\d+\.\d+", mer.__version__)
     assert f"## {mer.__version__}" in (REPO / "CHANGELOG.md").read_text()
     assert (REPO / "LICENSE").read_text().startswith("MIT License") and project["license"] == "MIT"

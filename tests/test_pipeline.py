@@ -14,11 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
-from mer.data.samples import index_frames
+from mer.data.frames import index_frames
 from mer.preprocess import pipeline
-from mer.preprocess.cache import cache_dir_for, is_complete, load_cache
+from mer.cache import cache_dir_for, is_complete, load_cache
 from mer.preprocess.clip import process_clip
 from mer.preprocess.rois import roi_indices
 from mer.synthetic import load_ground_truth
@@ -220,7 +219,7 @@ def test_test_subject_labels_change_nothing_the_fold_trains_with(tiny_corpus, tm
     AU graph, normalisation scale, training patches and labels are unchanged."""
     import torch
 
-    from mer.data.datamodule import LOSODataModule
+    from mer.training.datamodule import LOSODataModule
 
     root = _copy_corpus(tiny_corpus, tmp_path)
     (root / "coding.xlsx").unlink()

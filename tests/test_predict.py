@@ -21,10 +21,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import mer
-from mer.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, read_checkpoint
-from mer.loso import run_loso
+from mer.training.checkpoint import FORMAT, FORMAT_VERSION, CheckpointError, read_checkpoint
+from mer.training.loso import run_loso
 from mer.predict import PredictError, clip_frames, load, main, number_frames, save_panel, spot_apex
-from mer.preprocess.cache import CACHE_VERSION, load_cache
+from mer.cache import CACHE_VERSION, load_cache
 from mer.synthetic import generate_corpus, load_ground_truth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,8 @@ def test_a_checkpoint_is_self_contained_plain_data(tiny_model) -> None:
     assert payload["training"]["optim"]["lr"] == pytest.approx(1e-4)
     # The normalisation statistic and the AU graph of every subject (no test fold).
     assert payload["normalization"]["scale"] == pytest.approx(float(cache.patches.std()), rel=1e-5)
-    from mer.preprocess.au_graph import AUS, cooccurrence
+    from mer.data.au_graph import cooccurrence
+    from mer.data.aus import AUS
 
     assert payload["au_graph"]["aus"] == list(AUS)
     assert torch.allclose(payload["au_graph"]["adjacency"], torch.as_tensor(cooccurrence(cache.samples["aus"])))

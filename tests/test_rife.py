@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from mer.preprocess import rife
-from mer.preprocess.rife import (
+from mer.preprocess.interpolation import rife
+from mer.preprocess.interpolation.rife import (
     IFNet,
     RifeInterpolator,
     backward_warp,
-    bracket_stamps,
     interpolate,
     load_rife,
     pad_to_multiple,
 )
-from mer.weights import RIFE_NUM_BYTES, WeightsError, rife_weights_path, save_state_dict
+from mer.weights import RIFE_NUM_BYTES, WeightsError, rife_weights_path
+from weights_fixtures import save_state_dict
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PUBLISHED_WEIGHTS = Path(os.environ.get("MER_RIFE_WEIGHTS", rife_weights_path(REPOSITORY / "weights")))
@@ -192,17 +192,6 @@ def test_bisection_rejects_bad_ratios(interpolator):
         interpolator.bisect(frame0, frame1, torch.tensor([1.5]))
     with pytest.raises(ValueError, match="2 ratios for 1 frame pairs"):
         interpolator.bisect(frame0, frame1, torch.tensor([0.2, 0.4]))
-
-
-def test_bracket_stamps_with_gaps():
-    previous, following, ratios = bracket_stamps(np.array([10, 11, 13, 14]), np.array([10, 10.5, 12.5, 13, 14]))
-    assert previous.tolist() == [0, 0, 1, 2, 3]
-    assert following.tolist() == [1, 1, 2, 3, 3]
-    np.testing.assert_allclose(ratios, [0, 0.5, 0.75, 0, 0])
-    with pytest.raises(ValueError, match="outside the recorded frames"):
-        bracket_stamps(np.array([10, 11]), np.array([9.5]))
-    with pytest.raises(ValueError, match="strictly increasing"):
-        bracket_stamps(np.array([10, 10, 11]), np.array([10.5]))
 
 
 def test_numpy_interpolate_returns_recorded_frames_exactly(interpolator, monkeypatch):

@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from mer.data.samples import (TABLE_COLUMNS, AnnotationError, index_frames, parse_action_units, parse_frame_number,
-                              read_sample_table)
+from mer.data.samples import read_sample_table
+from mer.data.aus import parse_action_units
+from mer.data.frames import index_frames, parse_frame_number
+from mer.data.table import TABLE_COLUMNS, AnnotationError
 from mer.synthetic import SHEET_COLUMNS, generate_corpus, load_ground_truth
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mer.report import PREDICTION_COLUMNS, main as report_main, summarise
-from mer.scoring import ScoreInputError, read_megc_log, read_predictions_csv, read_scored, score_table
+from mer.report import main as report_main
+from mer.evaluation.summary import PREDICTION_COLUMNS, summarise
+from mer.evaluation.scoring import ScoreInputError, read_megc_log, read_predictions_csv, read_scored, score_table
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["negative", "positive", "surprise"]
@@ -106,7 +107,7 @@ def test_megc_log_with_class_indices(tmp_path):
 
 
 def predictions_csv(tmp_path) -> Path:
-    """The log's clips as a predictions.csv written exactly as mer.loso writes one (to_csv, index=False)."""
+    """The log's clips as a predictions.csv written exactly as mer.training.loso writes one (to_csv, index=False)."""
     table, _ = read_megc_log(_write(tmp_path / "log.txt", LOG))
     subjects = sorted(table["subject"].unique())
     table.insert(0, "fold", [subjects.index(s) for s in table["subject"]])

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from mer.metrics import bootstrap_ci, pooled_metrics
-from mer.report import aggregate_sweep, configuration_key, configuration_label, seed_statistics, write_summary
+from mer.evaluation.metrics import bootstrap_ci, pooled_metrics
+from mer.evaluation.sweep import aggregate_sweep, configuration_key, configuration_label, seed_statistics
+from mer.evaluation.summary import write_summary
 from tests.test_sweep import compose_train, fake_job
 
 RIGHT, WRONG = [0, 1, 2], [1, 1, 1]

@@ -17,9 +17,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from mer.loso import preprocess_command, run_loso
-from mer.preprocess.cache import CacheMissingError, cache_key
-from mer.preprocess.errors import ConfigError
+from mer.training.loso import preprocess_command, run_loso
+from mer.cache import CacheMissingError, cache_key
+from mer.errors import ConfigError
 from mer.preprocess.pipeline import run_preprocessing
 from mer.settings import check_folds, check_writable, settings_problems
 

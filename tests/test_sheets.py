@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corpora_fixtures import CASME2_HEADER, CASME2_ROWS, CASME2_SHEETS, REPO, build_casme2, build_composite, write_xlsx
 from mer.data.samples import read_sample_table, resolve_sheet
-from mer.preprocess.cache import cache_key, preprocessing_settings
+from mer.cache import cache_key, preprocessing_settings
 
 SHEET_2019, SHEET_2014 = CASME2_SHEETS["v2019"], CASME2_SHEETS["v2014"]
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from skimage import data
 
-from mer.preprocess.errors import ConfigError
-from mer.preprocess.flow import estimate_flows
-from mer.preprocess.motion import MotionSpec
+from mer.errors import ConfigError
+from mer.preprocess.motion.flow import estimate_flows
+from mer.preprocess.motion.maps import MotionSpec
 from mer.preprocess.stabilize import (
     Stabilization,
     apply_transforms,
@@ -168,7 +168,8 @@ def test_registration_of_synthetic_clips_matches_the_true_head_motion(shaky_corp
     the head did (the generator's ``apex_head_displacement``), in frame pixels."""
     from omegaconf import OmegaConf
 
-    from mer.data.samples import index_frames, read_sample_table
+    from mer.data.samples import read_sample_table
+    from mer.data.frames import index_frames
     from mer.preprocess.clip import process_clip
     from mer.synthetic import load_ground_truth
 

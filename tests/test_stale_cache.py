@@ -14,11 +14,10 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mer.preprocess import cache as cache_module
+from mer import files as files_module
 from mer.preprocess import pipeline
-from mer.preprocess.cache import (
-    AtomicWriteError, CacheCorruptError, atomic_save_npy, atomic_write_bytes, atomic_writer, cache_dir_for, load_cache,
-)
+from mer.cache import CacheCorruptError, cache_dir_for, load_cache
+from mer.files import AtomicWriteError, atomic_save_npy, atomic_write_bytes, atomic_writer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,8 +142,8 @@ def test_truncated_array_is_named_and_rebuilt_from_the_clips(corpus, tmp_path, c
 
 
 def test_train_without_preprocess_if_missing_refuses_a_stale_cache(corpus, tmp_path):
-    from mer.loso import resolve_cache
-    from mer.preprocess.cache import CacheMissingError
+    from mer.training.loso import resolve_cache
+    from mer.cache import CacheMissingError
 
     out = pipeline.run_preprocessing(compose_preprocess(corpus, tmp_path / "cache"), progress=False)
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
@@ -182,7 +181,7 @@ def test_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeypat
     assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
     assert target.read_bytes() == before and os.listdir(target.parent) == ["patches.npy"]
 
-    monkeypatch.setattr(cache_module.os, "fsync", _enospc)
+    monkeypatch.setattr(files_module.os, "fsync", _enospc)
     with pytest.raises(AtomicWriteError, match="manifest.json"):
         atomic_write_bytes(tmp_path / "sub" / "manifest.json", b"{}")
     assert os.listdir(target.parent) == ["patches.npy"]
@@ -207,12 +206,12 @@ def test_write_error_crosses_process_boundaries(tmp_path):
 
 
 def test_every_atomic_writer_goes_through_the_helper(tmp_path, monkeypatch):
-    """The corpus sheets, figures, panels, weights and checkpoints are written by atomic_writer: a full disk
+    """The corpus sheets, figures, panels and checkpoints are written by atomic_writer: a full disk
     names the file and leaves nothing behind in each."""
     from mer import synthetic
-    from mer.report import plot_confusion
+    from mer.evaluation.plots import plot_confusion
 
-    monkeypatch.setattr(cache_module.os, "fsync", _enospc)
+    monkeypatch.setattr(files_module.os, "fsync", _enospc)
     writers = {
         "coding.csv": lambda p: synthetic.write_sheet_csv(p, [(1, "EP01", 1, 2, 3, "12", "positive")]),
         "coding.xlsx": lambda p: synthetic.write_sheet_xlsx(p, [(1, "EP01", 1, 2, 3, "12", "positive")]),
@@ -224,14 +223,6 @@ def test_every_atomic_writer_goes_through_the_helper(tmp_path, monkeypatch):
         with pytest.raises(AtomicWriteError, match=f"could not write {folder / name}"):
             write(folder / name)
         assert os.listdir(folder) == [], name
-    import torch
-
-    from mer.weights import save_state_dict
-
-    folder = tmp_path / "weights"
-    with pytest.raises(AtomicWriteError, match="model.pt"):
-        save_state_dict(torch.nn.Linear(2, 2), folder / "model.pt")
-    assert os.listdir(folder) == []
 
 
 def test_restoring_the_missing_frame_of_a_rejected_row_alone_is_seen(corpus, tmp_path):

@@ -1,7 +1,6 @@
 """Multiruns: aggregation by configuration, ``python -m mer.report``, resume, launchers, the shared cache."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -11,13 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from filelock import FileLock
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mer.loso import lightning_trainer_args, resolve_cache, run_fold
-from mer.preprocess.cache import cache_dir_for, load_cache
-from mer.report import aggregate_sweep, configuration_key, main as report_main
+from mer.training.loso import resolve_cache
+from mer.training.fold import run_fold
+from mer.training.trainer import lightning_trainer_args
+from mer.cache import cache_dir_for, load_cache
+from mer.report import main as report_main
+from mer.evaluation.sweep import aggregate_sweep, configuration_key
 from mer.synthetic import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +190,7 @@ def test_killed_fold_resumes_from_its_last_epoch_and_done_folds_are_skipped(tiny
 RESOLVE = """
 import logging, sys
 from hydra import compose, initialize_config_dir
-from mer.loso import resolve_cache
+from mer.training.loso import resolve_cache
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 with initialize_config_dir(sys.argv[1], version_base="1.3"):
     cfg = compose("train", overrides=sys.argv[2:])
@@ -203,16 +206,15 @@ def test_racing_jobs_build_the_cache_once(tiny_corpus, tmp_path):
     lock = directory.with_name(directory.name + ".lock")
     lock.parent.mkdir(parents=True)
     logs = [tmp_path / f"job{i}.log" for i in range(2)]
-    with open(lock, "a") as held:
+    held = FileLock(str(lock))
+    with held:
         # Hold the lock until both jobs wait for it, so that they really race for it.
-        fcntl.flock(held, fcntl.LOCK_EX)
         jobs = [subprocess.Popen([sys.executable, "-c", RESOLVE, str(REPO / "conf"), *overrides], cwd=REPO,
                                  stdout=subprocess.PIPE, stderr=open(log, "w"), text=True) for log in logs]
         deadline = time.monotonic() + 120
         while not all("waiting for it" in log.read_text() for log in logs):
             assert time.monotonic() < deadline and all(job.poll() is None for job in jobs), [l.read_text() for l in logs]
             time.sleep(0.2)
-        fcntl.flock(held, fcntl.LOCK_UN)
     outputs = [job.communicate(timeout=120)[0].strip() for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], [log.read_text()[-2000:] for log in logs]
     assert outputs == [str(directory)] * 2

@@ -16,11 +16,28 @@ import numpy as np
 import openpyxl
 import pytest
 
-from mer.data.samples import parse_action_units
-from mer.synthetic import (AU_TEMPLATES, AUS, EMOTION_AU_COMBOS, MIRROR_68, SHEET_COLUMNS, GeneratorOptions,
-                           au_displacements, dlib_predictor_path, ensure_corpus, generate_corpus, intensity_profile,
-                           landmark_sides, load_base_face, load_ground_truth, main, make_subject, mirror_face,
-                           tps_fit, undo_expression)
+from mer.data.aus import parse_action_units
+from mer.synthetic import (
+    AU_TEMPLATES,
+    EMOTION_AU_COMBOS,
+    MIRROR_68,
+    SHEET_COLUMNS,
+    GeneratorOptions,
+    au_displacements,
+    dlib_predictor_path,
+    ensure_corpus,
+    generate_corpus,
+    intensity_profile,
+    landmark_sides,
+    load_base_face,
+    load_ground_truth,
+    main,
+    make_subject,
+    mirror_face,
+    tps_fit,
+    undo_expression,
+)
+from mer.data.aus import AUS
 
 SMALL = {"subjects": 2, "clips_per_subject": 2, "frames_per_clip": (12, 14), "workers": 1}
 

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from scipy.fft import dct
 
 from mer.preprocess.clip import select_frames
-from mer.preprocess.interpolate import WHOLE_SEGMENT, frames_needed, get_interpolator, time_stamps
-from mer.preprocess.tim import path_graph_curve, tim
+from mer.preprocess.interpolation import frames_needed, get_interpolator, reads_whole_segment, time_stamps
+from mer.preprocess.interpolation.tim import path_graph_curve, tim
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SIZE = 48
@@ -132,7 +132,7 @@ def test_registered_as_whole_segment_and_selected_by_its_config():
     cfg = OmegaConf.load(CONF / "interpolation" / "tim.yaml")
     interpolate = get_interpolator(cfg)
     assert interpolate.func is tim and interpolate.keywords == {"components": None}
-    assert "tim" in WHOLE_SEGMENT and "linear" not in WHOLE_SEGMENT
+    assert reads_whole_segment({"name": "tim"}) and not reads_whole_segment({"name": "linear"})
 
 
 def test_whole_segment_selection_loads_every_frame_from_onset_to_end():

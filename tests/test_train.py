@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mer.loso import resolve_cache, run_loso
-from mer.preprocess.cache import CacheMissingError
+from mer.training.loso import resolve_cache, run_loso
+from mer.cache import CacheMissingError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The batched TV-L1 (mer/preprocess/tvl1_batched.py) is scikit-image's optical_flow_tvl1, pair by pair, bit for bit."""
+"""The batched TV-L1 (mer/preprocess/motion/tvl1_batched.py) is scikit-image's optical_flow_tvl1, pair by pair, bit for bit."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.registration import optical_flow_tvl1
 
-from mer.preprocess.flow import estimate_flows
-from mer.preprocess.tvl1_batched import tvl1_flows
+from mer.preprocess.motion.flow import estimate_flows
+from mer.preprocess.motion.tvl1_batched import tvl1_flows
 
 SETTINGS = dict(attachment=15.0, tightness=0.3, num_warp=2, num_iter=5, tol=1e-4, prefilter=False)  # the config's
 

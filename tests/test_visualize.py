@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mer.preprocess import pipeline
-from mer.preprocess.cache import load_cache
+from mer.cache import load_cache
 from mer.preprocess.clip import ClipResult
 from mer.preprocess.face import CropBox, FaceBox
 from mer.preprocess.visualize import save_panel, write_panels

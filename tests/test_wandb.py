@@ -87,7 +87,7 @@ def test_two_fold_sweep_leaves_fold_runs_and_a_summary_run(tiny_corpus, tmp_path
 def test_fold_parallel_run_of_every_fold_logs_three_fold_runs_and_its_summary(tiny_corpus, tmp_path, monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    from mer.loso import run_loso
+    from mer.training.loso import run_loso
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

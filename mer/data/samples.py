@@ -5,7 +5,7 @@ Every stage reads clips through :func:`read_sample_table`. The reader is generic
 
 * ``root``: the corpus folder; ``annotation``: the coding sheet (``.xlsx`` or ``.csv``), relative to ``root``, or
   null for corpora without one (SMIC): the clips and their labels then come from the folders that ``clip_dir``
-  describes (:func:`mer.data.corpora.rows_from_folders`); ``sheet`` (optional): worksheet name or 0-based index of an
+  describes (:func:`mer.data.folders.rows_from_folders`); ``sheet`` (optional): worksheet name or 0-based index of an
   xlsx, default the first one;
 * ``frames_subdir``: frames live in ``root/frames_subdir/<clip_dir>/``; a list names candidates, the first that
   exists is used (CASME II's archive may unpack one level deeper);
@@ -35,7 +35,7 @@ Every stage reads clips through :func:`read_sample_table`. The reader is generic
   that moved most from onset by optical flow, global motion removed; warn). Every use is a :class:`Problem` naming
   the clip, logged and returned;
 * ``sources`` (composite corpora only): the dataset configs of the parts, read and joined by
-  :func:`mer.data.corpora.read_composite`.
+  :func:`mer.data.composite.read_composite`.
 
 Problems found on the way are :class:`Problem` records naming the sheet row and the clip. ``on_error="raise"``
 raises :class:`AnnotationError` on the first fatal one; ``on_error="skip"`` drops the clips with fatal problems and
@@ -52,7 +52,7 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +61,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mer.data.aus import parse_action_units
+from mer.data.composite import read_composite
+from mer.data.folders import rows_from_folders
+from mer.data.frames import estimate_apex_by_flow, index_frames, parse_frame_number
+from mer.data.table import TABLE_COLUMNS, AnnotationError, Problem, SheetNotFoundError
+
 log = logging.getLogger(__name__)
 
-#: Columns of the sample table, in order.
-TABLE_COLUMNS = ("dataset", "subject", "clip", "frames_dir", "onset", "apex", "offset", "aus", "emotion", "label",
-                 "class_index")
 APEX_POLICIES = ("middle", "drop", "max_flow")
 REQUIRED_FIELDS = ("subject", "clip", "onset", "offset", "emotion")
 OPTIONAL_FIELDS = ("apex", "aus")
@@ -77,168 +80,6 @@ SELECTORS = {"class_set": "class_sets", "layout": "layouts", "sheet_version": "s
 AUTO_SHEET = "auto"
 #: At most this many of a folder's entries are listed in an error message.
 LISTED_ENTRIES = 20
-
-# An AU token: an optional laterality / side prefix (L, R, B, T, U), the AU number, an optional intensity (A-E).
-_AU_TOKEN = re.compile(r"(?:[LRBTU])?(\d+)[A-E]?", re.IGNORECASE)
-
-
-@dataclass
-class Problem:
-    """Something wrong with one sheet row.
-
-    Attributes:
-        row: the spreadsheet row number a human sees (1-based, header included), or None when not row-specific.
-        clip: ``subject/clip`` as far as it could be read.
-        message: what is wrong, naming the sheet row and the clip.
-        fatal: True if the clip cannot be used (it is dropped with ``on_error="skip"``).
-    """
-
-    row: int | None
-    clip: str
-    message: str
-    fatal: bool
-    #: ``"row"``: a sheet row (or a clip folder of a corpus without a sheet); ``"unlisted"``: a clip folder on disk
-    #: that no sheet row names (``report_unlisted``; ``clip`` is then its folder, relative to the frames root).
-    kind: str = "row"
-
-    def __str__(self) -> str:
-        return f"{'error' if self.fatal else 'warning'}: {self.message}"
-
-
-class SheetNotFoundError(FileNotFoundError):
-    """The coding sheet a dataset config names is not on disk; the message says what the root holds instead and
-    which key to set (entry points print it without a traceback)."""
-
-
-class AnnotationError(ValueError):
-    """A coding sheet that cannot be used as it is; ``problems`` holds every problem found."""
-
-    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
-        super().__init__(message)
-        self.problems = list(problems)
-
-
-def index_frames(frames_dir: str | Path, frame_regex: str) -> dict[int, Path]:
-    """Map frame number -> file for the frames of one clip.
-
-    Args:
-        frames_dir: the clip's folder.
-        frame_regex: pattern that a frame's file name must match in full; group 1 is the frame number.
-
-    Returns:
-        Frame number -> path, sorted by frame number. Files that do not match are ignored.
-
-    Raises:
-        FileNotFoundError: ``frames_dir`` is not a folder.
-        ValueError: two files carry the same frame number (e.g. ``img046.jpg`` and ``img46.jpg``).
-    """
-    frames_dir = Path(frames_dir)
-    if not frames_dir.is_dir():
-        raise FileNotFoundError(f"frames folder {frames_dir} does not exist")
-    pattern = re.compile(frame_regex)
-    frames: dict[int, Path] = {}
-    for path in frames_dir.iterdir():
-        match = pattern.fullmatch(path.name)
-        if match is None:
-            continue
-        number = int(match.group(1))
-        if number in frames:
-            raise ValueError(f"{frames_dir}: frame {number} appears twice ({frames[number].name}, {path.name})")
-        frames[number] = path
-    return dict(sorted(frames.items()))
-
-
-def parse_action_units(text: str) -> tuple[tuple[int, ...], list[str]]:
-    """Parse a FACS code such as ``4+L10`` or ``R12`` into AU numbers, laterality and intensity stripped.
-
-    SAMM writes alternatives the coder could not decide between as ``R14A or 17A``: every alternative is kept.
-
-    Returns:
-        (the AU numbers in order of appearance without repeats, the tokens that could not be read).
-    """
-    units: list[int] = []
-    unreadable = []
-    for token in re.split(r"[+,;\s]+", text.strip()):
-        if not token or token.casefold() == "or":
-            continue
-        match = _AU_TOKEN.fullmatch(token)
-        if match is None:
-            unreadable.append(token)
-        elif int(match.group(1)) not in units:
-            units.append(int(match.group(1)))
-    return tuple(units), unreadable
-
-
-def parse_frame_number(text: str) -> int | None:
-    """A frame number from a sheet cell (``"46"``, ``"46.0"``), or None if it is not one (``"/"``, ``""``, ``-1``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if not np.isfinite(value) or value != int(value) or value < 0:
-        return None
-    return int(value)
-
-
-def estimate_apex_by_flow(frames: Mapping[int, Path], onset: int, offset: int, size: int = 112) -> int:
-    """The frame in [onset, offset] that moved most from the onset frame, by DIS optical flow.
-
-    Frames are read in grayscale and shrunk so that the longer side is ``size`` pixels. The flow from onset to each
-    frame has its best-fitting affine motion (head translation and rotation, which grows with time and would
-    otherwise pull the answer towards the offset) removed; the frame with the largest mean remaining magnitude
-    wins.
-
-    Args:
-        frames: frame number -> file (:func:`index_frames`), covering [onset, offset].
-        onset, offset: the clip's span (frame numbers).
-        size: longer side of the frames the flow is computed on, pixels.
-
-    Returns:
-        The estimated apex frame number.
-    """
-    import cv2
-
-    def load(number: int) -> np.ndarray:
-        image = cv2.imread(str(frames[number]), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise OSError(f"cannot read frame {frames[number]}")
-        return image
-
-    numbers = [number for number in frames if onset < number <= offset]  # recorded frames only (SMIC has gaps)
-    if not numbers:
-        return onset
-    return numbers[most_moving_frame(load(onset), (load(number) for number in numbers), size)]
-
-
-def most_moving_frame(reference: np.ndarray, images: Iterable[np.ndarray], size: int = 112) -> int:
-    """The index of the image (in ``images``) that moved most from ``reference``, by DIS optical flow.
-
-    The images are shrunk so that the longer side is ``size`` pixels; each flow from the reference has its
-    best-fitting affine motion removed (see :func:`estimate_apex_by_flow`); the largest mean residual magnitude wins.
-
-    Args:
-        reference: ``(H, W)`` uint8 grey image (the onset).
-        images: ``(H, W)`` uint8 grey images, read one at a time.
-        size: Longer side of the images the flow is computed on, pixels.
-    """
-    import cv2
-
-    def shrink(image: np.ndarray) -> np.ndarray:
-        scale = size / max(image.shape)
-        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    reference = shrink(reference)
-    height, width = reference.shape
-    ys, xs = np.mgrid[0:height, 0:width]
-    affine_basis = np.stack([np.ones(xs.size), xs.ravel(), ys.ravel()], axis=1)  # (H*W, 3)
-    affine_fit = np.linalg.pinv(affine_basis)  # (3, H*W): least-squares affine coefficients of a flow field
-    magnitudes = []
-    for image in images:
-        vectors = flow.calc(reference, shrink(image), None).reshape(-1, 2)  # (H*W, 2)
-        residual = vectors - affine_basis @ (affine_fit @ vectors)
-        magnitudes.append(np.linalg.norm(residual, axis=1).mean())
-    return int(np.argmax(magnitudes))
 
 
 # ------------------------------------------------------------------------------------------------ sheet reading
@@ -445,7 +286,7 @@ def quiet_reading() -> Iterator[None]:
     problem and says which sheet it uses.
     """
     announced = set(_ANNOUNCED)
-    loggers = [logging.getLogger(name) for name in (__name__, "mer.data.corpora")]
+    loggers = [logging.getLogger(name) for name in (__name__, "mer.data.composite", "mer.data.folders")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL + 1)
@@ -618,9 +459,7 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
     check_dataset_config(dataset_cfg)
     resolve_sheet(dataset_cfg)
     if dataset_cfg.get("sources"):
-        from mer.data.corpora import read_composite
-
-        return read_composite(dataset_cfg, on_error, report_unlisted=report_unlisted)
+        return read_composite(dataset_cfg, read_sample_table, on_error, report_unlisted=report_unlisted)
     root = Path(str(dataset_cfg["root"]))
     dataset_name = str(dataset_cfg.get("name") or root.name)
     problems: list[Problem] = []
@@ -642,8 +481,6 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
                                   f"rows){_header_hint(rows, columns, header_row, dataset_cfg)}")
         row_numbers: Sequence[int | None] = range(header_row + 2, len(rows) + 1)
     else:
-        from mer.data.corpora import rows_from_folders
-
         frames_root = resolve_frames_root(root, dataset_cfg.get("frames_subdir"))
         settings = _Settings.from_config(dataset_cfg, f"folders under {frames_root.name}/")
         rows, columns, problems = rows_from_folders(settings.frames_root, settings.clip_dir, settings.frame_regex,
@@ -804,36 +641,6 @@ def _unlisted_folders(data_rows: Sequence[tuple[int | None, Mapping[str, str]]],
         problems.append(Problem(row=None, clip=relative, fatal=False, kind="unlisted", message=(
             f"{settings.source}: clip folder {folder} holds frames but no row of the sheet names it (not used)")))
     return problems
-
-
-def class_coverage(table: pd.DataFrame, classes: Sequence[str], where: str) -> tuple[list[str], list[str]]:
-    """What LOSO cannot train or score with, found before it starts: (errors, warnings).
-
-    Errors: no clip at all ("0 usable clips"), or a class of ``classes`` without a clip (the pooled metrics need
-    every class: each fold would train and the report would then fail). Warnings: a class whose clips all come
-    from one subject (the fold that tests that subject trains without the class; no other fold tests it).
-
-    Args:
-        table: A sample table (``subject`` and ``label`` columns).
-        classes: ``dataset.classes``.
-        where: What ``table`` is, for the messages (``"casme2 (/data/CASME2)"``, ``"the cache /c/..."``).
-    """
-    if table.empty:
-        return [f"{where}: 0 usable clips (every row of the sheet was rejected or dropped: see the problems "
-                "listed)"], []
-    errors, warnings = [], []
-    subjects_of = table.groupby("label")["subject"].agg(lambda subjects: sorted(set(subjects)))
-    counts = table["label"].value_counts()
-    for name in classes:
-        if name not in subjects_of.index:
-            errors.append(f"{where}: class {name!r} has no clip (dataset.classes {list(classes)}): every fold would "
-                          "train and none could be scored on it; drop it from dataset.classes and dataset.class_map, "
-                          "choose another dataset.class_set, or fix the sheet")
-        elif len(subjects_of[name]) == 1:
-            subject = subjects_of[name][0]
-            warnings.append(f"{where}: class {name!r} has clips of one subject only ({subject}, {int(counts[name])} "
-                            f"clip(s)): the fold testing {subject} trains without it, and no other fold tests it")
-    return errors, warnings
 
 
 def _read_row(values: dict[str, str], row: int | None, settings: _Settings,

@@ -11,16 +11,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mer.models.dual_inception import DualInception
-from mer.models.layered_relations import LayeredRelationsNet
-from mer.models.linear_probe import LinearProbe
-from mer.models.off_apexnet import OffApexNet
-from mer.models.ststnet import STSTNet
+from mer.errors import ConfigError
+from mer.registry import Registry
 
-__all__ = [
-    "ARCHITECTURES", "INPUTS", "DualInception", "LayeredRelationsNet", "LinearProbe", "OffApexNet", "STSTNet",
-    "build_model", "check_model_input", "count_parameters", "roi_input_shape",
-]
+__all__ = ["ARCHITECTURES", "build_model", "check_model_input", "count_parameters", "input_kind",
+           "register_architecture", "roi_input_shape"]
+
+#: ``model.architecture`` -> the network class of the module of that name in this package (shared pieces live in
+#: :mod:`mer.models.blocks`). Each class registers with the input it reads: ``roi_patches`` (B, N, R, C, p, p),
+#: ``flow_image`` (B, C, S, S), or ``any``.
+ARCHITECTURES = Registry("model architecture", __name__)
 
 # Config keys that describe the run, not the network's constructor arguments.
 _DESCRIPTIVE_KEYS = ("name", "architecture")
@@ -32,24 +32,28 @@ _BUILDER_KEYS = ("roi_patch_size",)
 # Constructor arguments that come from the data (ROI set, frames, classes, fold, input shape), never from the config.
 _DATA_ARGUMENTS = ("region_sizes", "num_paths", "num_classes", "in_channels", "au_adjacency", "input_shape")
 
-# architecture name -> network class; every class takes the data-derived keyword arguments of
-# build_model that its signature names, plus the remaining config keys.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "layered_relations": LayeredRelationsNet,
-    "ststnet": STSTNet,
-    "off_apexnet": OffApexNet,
-    "dual_inception": DualInception,
-    "linear_probe": LinearProbe,
-}
+_INPUT_KINDS = ("roi_patches", "flow_image", "any")
 
-# architecture name -> the input it reads: ROI patches (B, N, R, C, p, p), a flow image (B, C, S, S), or either.
-INPUTS: dict[str, str] = {
-    "layered_relations": "roi_patches",
-    "ststnet": "flow_image",
-    "off_apexnet": "flow_image",
-    "dual_inception": "flow_image",
-    "linear_probe": "any",
-}
+
+def register_architecture(name: str, reads: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a network to :data:`ARCHITECTURES` under ``name`` (its module's name).
+
+    Args:
+        name: The ``model.architecture`` that selects it.
+        reads: The input it takes: ``roi_patches``, ``flow_image`` or ``any``.
+    """
+    if reads not in _INPUT_KINDS:
+        raise ValueError(f"reads must be one of {_INPUT_KINDS}, got {reads!r}")
+    return ARCHITECTURES.register(name, reads=reads)
+
+
+def input_kind(architecture: str) -> str:
+    """The input an architecture reads (``roi_patches``, ``flow_image`` or ``any``).
+
+    Raises:
+        ConfigError: An unknown architecture.
+    """
+    return ARCHITECTURES.get(architecture).traits["reads"]
 
 
 def roi_input_shape(region_sizes: Sequence[int], num_paths: int, in_channels: int, patch_size: int) -> tuple[int, ...]:
@@ -67,12 +71,8 @@ def check_model_input(model_cfg: DictConfig | Mapping[str, Any], representation:
     Raises:
         ConfigError: E.g. ``model=ststnet`` on ROI patches, naming the override that fixes it.
     """
-    from mer.preprocess.errors import ConfigError
-
     architecture = str(model_cfg.get("architecture", model_cfg.get("name")))
-    if architecture not in INPUTS:
-        raise ConfigError(f"unknown model architecture {architecture!r}; known: {sorted(INPUTS)}")
-    reads = INPUTS[architecture]
+    reads = input_kind(architecture)
     if reads not in ("any", representation):
         raise ConfigError(f"model={model_cfg.get('name', architecture)} reads {reads.replace('_', ' ')}s but the "
                           f"data is {representation.replace('_', ' ')}: add representation={reads} (or use its "
@@ -100,7 +100,7 @@ def build_model(
     ``no_joint_layer``); every other key is passed to the constructor, so a misspelt key is an error
     rather than silently ignored.
 
-    What the data must supply depends on the input the architecture reads (:data:`INPUTS`):
+    What the data must supply depends on the input the architecture reads (:func:`input_kind`):
 
     - ROI patches (``layered_relations``): ``region_sizes``, ``num_paths``, ``in_channels`` and
       ``au_adjacency``, as before.
@@ -135,11 +135,11 @@ def build_model(
     architecture = cfg.get("architecture")
     if architecture not in ARCHITECTURES:
         raise ValueError(
-            f"model config {cfg.get('name')!r}: unknown architecture {architecture!r}; known: {sorted(ARCHITECTURES)}"
+            f"model config {cfg.get('name')!r}: unknown architecture {architecture!r}; known: {ARCHITECTURES.names()}"
         )
-    network = ARCHITECTURES[architecture]
+    network = ARCHITECTURES.get(architecture).build
     builder_settings = {key: cfg[key] for key in _BUILDER_KEYS if key in cfg}
-    if builder_settings and INPUTS[architecture] != "any":
+    if builder_settings and input_kind(architecture) != "any":
         raise ValueError(
             f"model config {cfg.get('name')!r}: {sorted(builder_settings)} only apply to architectures that take "
             f"either input (linear_probe), not to {architecture!r}"
@@ -162,7 +162,7 @@ def build_model(
 
 def _data_arguments(architecture: str, name: Any, builder_settings: dict[str, Any], **given: Any) -> dict[str, Any]:
     """The data-derived constructor arguments of ``architecture``, checked for presence."""
-    kind = INPUTS[architecture]
+    kind = input_kind(architecture)
     roi_keys = ("region_sizes", "num_paths", "in_channels")
     data: dict[str, Any] = {"num_classes": int(given["num_classes"])}
     if kind == "roi_patches":

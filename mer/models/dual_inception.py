@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mer.models.flow_image import check_batch, flow_image_shape
+from mer.models import register_architecture
+from mer.models.blocks.flow_image import check_batch, flow_image_shape
 
 
 class InceptionBlock(nn.Module):
@@ -76,6 +77,7 @@ class InceptionStream(nn.Module):
         return self.layers(x)
 
 
+@register_architecture("dual_inception", reads="flow_image")
 class DualInception(nn.Module):
     """The two-stream inception network on (u, v).
 

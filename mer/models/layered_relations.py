@@ -21,8 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mer.models.au_graph import PathAUGraphs
-from mer.models.encoder import encoder_stack
+from mer.models import register_architecture
+from mer.models.blocks.au_graph import PathAUGraphs
+from mer.models.blocks.encoder import encoder_stack
 
 FUSIONS = ("au_graph", "linear")
 PATH_SELECTIONS = ("all", "last")
@@ -125,6 +126,7 @@ class VisualTrunk(nn.Module):
         return self.projection(tokens.flatten(1))
 
 
+@register_architecture("layered_relations", reads="roi_patches")
 class LayeredRelationsNet(nn.Module):
     """The layered-relations network: N paths of ROI patches -> class logits.
 

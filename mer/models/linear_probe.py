@@ -12,7 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mer.models import register_architecture
 
+
+@register_architecture("linear_probe", reads="any")
 class LinearProbe(nn.Module):
     """Logits = W x + b on the flattened sample.
 

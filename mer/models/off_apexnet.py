@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mer.models.flow_image import check_batch, flow_image_shape
+from mer.models import register_architecture
+from mer.models.blocks.flow_image import check_batch, flow_image_shape
 
 
 def _stream(filters: Sequence[int]) -> nn.Sequential:
@@ -27,6 +28,7 @@ def _stream(filters: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@register_architecture("off_apexnet", reads="flow_image")
 class OffApexNet(nn.Module):
     """Optical Flow Features from Apex frame Network, the two-stream original.
 

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mer.models.flow_image import check_batch, flow_image_shape, pooled_size
+from mer.models import register_architecture
+from mer.models.blocks.flow_image import check_batch, flow_image_shape, pooled_size
 
 
+@register_architecture("ststnet", reads="flow_image")
 class STSTNet(nn.Module):
     """Shallow triple-stream three-dimensional CNN.
 

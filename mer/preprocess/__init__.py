@@ -1,5 +1,5 @@
 """Per-clip preprocessing stages: face crop, interpolation, magnification, motion maps, ROI patches, AU graphs."""
 
-from mer.preprocess.errors import ClipError
+from mer.errors import ClipError
 
 __all__ = ["ClipError"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from mer.data.samples import class_coverage, read_sample_table
+from mer.data.samples import read_sample_table
+from mer.data.table import class_coverage
 from mer.preprocess.pipeline import ensure_corpus
 
 

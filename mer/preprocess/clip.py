@@ -14,19 +14,21 @@ from typing import Any
 import cv2
 import numpy as np
 
-from mer.preprocess.errors import ClipError, ConfigError
-from mer.preprocess.flow_image import FlowImageSpec, flow_image, representation_name
+from mer.cache import alpha_index
+from mer.errors import ClipError, ConfigError
 from mer.preprocess.face import CropBox, FaceBox, box_in_crop, crop_box, crop_frames, find_face, landmarks
-from mer.preprocess.interpolate import (
-    WHOLE_SEGMENT,
+from mer.preprocess.interpolation import (
     Interpolator,
     frames_needed,
     get_interpolator,
+    reads_whole_segment,
     time_stamps,
     validate_interpolation,
 )
-from mer.preprocess.magnify import Magnifier, get_magnifier, validate_magnification
-from mer.preprocess.motion import MotionSpec
+from mer.preprocess.magnification import Magnifier, get_magnifier, validate_magnification
+from mer.preprocess.motion.maps import MotionSpec
+from mer.preprocess.representation import representation_name
+from mer.preprocess.representation.flow_image import FlowImageSpec, flow_image
 from mer.preprocess.rois import RoiSet, extract_patches, roi_indices
 from mer.preprocess.stabilize import Stabilization, register_frames
 
@@ -64,11 +66,6 @@ class ClipResult:
     face: FaceBox
     crop: CropBox
     transforms: np.ndarray | None = None
-
-    @property
-    def magnified_last(self) -> np.ndarray:
-        """``(S, S, 3)`` frame N magnified at the test alpha."""
-        return self.magnified[-1]
 
 
 def clip_id(sample: Mapping[str, Any]) -> str:
@@ -228,17 +225,6 @@ def check_frame_changes(crops: np.ndarray, names: list[str], limit: float) -> No
         )
 
 
-def _test_alpha_index(magnification_cfg: Mapping[str, Any]) -> int:
-    alphas = np.asarray(magnification_cfg["alphas"], dtype=np.float64)
-    matches = np.flatnonzero(np.isclose(alphas, float(magnification_cfg["test_alpha"])))
-    if not matches.size:
-        raise ValueError(
-            f"magnification.test_alpha {magnification_cfg['test_alpha']} is not one of magnification.alphas "
-            f"{alphas.tolist()}"
-        )
-    return int(matches[0])
-
-
 @dataclass(frozen=True)
 class _Stages:
     """What a config makes of the stages: the same for every clip."""
@@ -279,13 +265,14 @@ def _stages(cfg: Mapping[str, Any]) -> _Stages:
                                   f"{motion.computed_by}'s own representation: choose motion=tvl1_skimage, tvl1, dis ...")
         return _Stages(
             alphas=[float(a) for a in cfg["magnification"]["alphas"]],
-            test_index=_test_alpha_index(cfg["magnification"]),
+            test_index=alpha_index(cfg["magnification"]["alphas"], cfg["magnification"]["test_alpha"],
+                                   "magnification.test_alpha", "magnification.alphas"),
             landmarks_on=landmarks_on,
             crop_size=crop_size,
             motion=motion,
             rois=roi_indices(cfg["rois"]),
-            interpolate=get_interpolator(cfg["interpolation"]),  # registers it first if it lives in its own module
-            whole_segment=cfg["interpolation"]["name"] in WHOLE_SEGMENT,
+            interpolate=get_interpolator(cfg["interpolation"]),
+            whole_segment=reads_whole_segment(cfg["interpolation"]),
             magnify=get_magnifier(cfg["magnification"]),
             stabilize=Stabilization.from_config(cfg.get("stabilize")),
             flow_image=flow_spec,
@@ -462,7 +449,7 @@ def _roi_patch_clip(sample: Mapping[str, Any], frame_paths: Mapping[int, Path], 
         landmarks=points.astype(np.float32),
         timings=timings,
         onset=selected[0].copy(),
-        # Frames of a learned magnifier are rendered here, when read (mer.preprocess.magnify.FramesOnDemand).
+        # Frames of a learned magnifier are rendered here, when read (mer.preprocess.magnification.FramesOnDemand).
         magnified=np.array(magnified.frames[stages.test_index] if keep_magnified
                            else magnified.frames[stages.test_index, -1:]),
         maps=np.array(magnified.motion_maps[stages.test_index]),

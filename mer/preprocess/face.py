@@ -20,7 +20,7 @@ import cv2
 import dlib
 import numpy as np
 
-from mer.preprocess.errors import ClipError
+from mer.errors import ClipError
 
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
 

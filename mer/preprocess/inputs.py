@@ -31,7 +31,8 @@ from typing import Any
 
 import pandas as pd
 
-from mer.preprocess.cache import MANIFEST, check_arrays
+from mer.cache import MANIFEST, check_arrays
+from mer.keys import digest
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,7 @@ def frames_fingerprint(frames_dir: str | os.PathLike, frame_regex: str) -> dict[
     except FileNotFoundError:
         return {"count": 0, "digest": "missing"}
     listing.sort()
-    digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
-    return {"count": len(listing), "digest": digest}
+    return {"count": len(listing), "digest": digest(listing)}
 
 
 def clip_inputs(sample: Mapping[str, Any], frame_regex: str) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def fingerprint_digest(fingerprint: Mapping[str, Any] | None) -> str | None:
     """A short stable hash of a fingerprint (what a training run records of the cache it trained on)."""
     if fingerprint is None:
         return None
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(fingerprint)
 
 
 def describe_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
@@ -162,7 +162,7 @@ def compare_fingerprints(old: Mapping[str, Any] | None, new: Mapping[str, Any]) 
 def check_cache(cfg: Any, directory: Path) -> tuple[bool, list[str]]:
     """Whether a complete cache is still the cache of its inputs, and if not, why.
 
-    Checks that its arrays are whole (:func:`mer.preprocess.cache.check_arrays`), then compares the manifest's
+    Checks that its arrays are whole (:func:`mer.cache.check_arrays`), then compares the manifest's
     input fingerprint with the inputs on disk. When the coding sheet cannot be found (a cache used on a machine
     without the corpus) it cannot be checked: a warning says so and the cache is used as built.
 

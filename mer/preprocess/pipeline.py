@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +27,15 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mer.data.samples import AnnotationError, index_frames, read_sample_table
-from mer.preprocess.flow_image import representation_name
-from mer.preprocess.cache import (
-    HASHED_NODES,
-    MANIFEST,
-    atomic_save_npy,
-    atomic_write_bytes,
-    atomic_write_text,
-    cache_dir_for,
-    cache_key,
-    is_complete,
-    preprocessing_settings,
-)
+from mer.cache import MANIFEST, alpha_index, cache_dir_for, cache_key, is_complete, preprocessing_settings
+from mer.data.frames import index_frames
+from mer.data.samples import read_sample_table
+from mer.data.table import AnnotationError
+from mer.files import atomic_save_npy, atomic_write_bytes, atomic_write_text
+from mer.keys import PREPROCESSING_NODES
 from mer.preprocess.inputs import check_cache, clip_key, describe_change, input_fingerprint
+from mer.preprocess.representation import representation_name
+from mer.processes import spawn_context, watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +47,7 @@ def ensure_corpus(cfg: DictConfig) -> None:
         ConfigError: ``dataset.root`` is a folder that holds other things and no corpus (it is not replaced).
     """
     if cfg.dataset.get("generate_if_missing", False):
-        from mer.preprocess.errors import ConfigError
+        from mer.errors import ConfigError
         from mer.synthetic import ensure_corpus as ensure_synthetic
 
         try:
@@ -104,8 +95,8 @@ def _process_one(sample: dict, cfg_container: dict, clips_dir: str, on_error: st
     Returns:
         ``("ok", timings)`` or ``("rejected", {"reason": ...})``.
     """
+    from mer.errors import ClipError, ConfigError
     from mer.preprocess.clip import process_clip
-    from mer.preprocess.errors import ClipError, ConfigError
 
     cfg = OmegaConf.create(cfg_container)
     clips_dir = Path(clips_dir)
@@ -174,39 +165,8 @@ def worker_config(cfg: DictConfig) -> dict[str, Any]:
     """
     return {
         node: OmegaConf.to_container(cfg[node], resolve=True) if isinstance(cfg[node], DictConfig) else cfg[node]
-        for node in HASHED_NODES
+        for node in PREPROCESSING_NODES
     }
-
-
-def _exit_with_parent(parent_pid: int, sentinel: int | None, interval: float = 0.5) -> None:
-    """End this worker process as soon as its parent is gone (run in a daemon thread).
-
-    A parent killed with SIGKILL never shuts its pool down, and nothing tells its spawned workers that it
-    died: without this they would go on processing and writing clips for minutes. The parent's
-    sentinel (a pipe only it holds open) becomes readable when it dies; the parent pid changing (the
-    orphan is re-parented) is the fallback where there is no sentinel.
-    """
-    from multiprocessing.connection import wait
-
-    while True:
-        if sentinel is not None:
-            if wait([sentinel], timeout=interval):
-                break
-        else:
-            time.sleep(interval)
-        if os.getppid() != parent_pid:
-            break
-    os._exit(1)  # not sys.exit: no cleanup that could wait on the dead parent, and from any thread
-
-
-def _watch_parent() -> None:
-    """Start :func:`_exit_with_parent` for this (spawned) worker process."""
-    parent = multiprocessing.parent_process()
-    sentinel = getattr(parent, "sentinel", None) if parent is not None else None
-    # The pid spawn recorded, not os.getppid(): the parent may already be dead (and this worker re-parented).
-    parent_pid = parent.pid if parent is not None and parent.pid is not None else os.getppid()
-    threading.Thread(target=_exit_with_parent, args=(parent_pid, sentinel), name="exit-with-parent",
-                     daemon=True).start()
 
 
 def _worker_init() -> None:
@@ -218,36 +178,12 @@ def _worker_init() -> None:
 
 def _pool_worker_init() -> None:
     # First, before the slow imports: a parent killed while its workers start must not leave them running.
-    _watch_parent()
+    watch_parent()
     import torch
 
     _worker_init()
     # Likewise for the learned stages (RIFE, MagNet) in each of several worker processes.
     torch.set_num_threads(1)
-
-
-@contextmanager
-def spawn_context() -> Iterator[multiprocessing.context.BaseContext]:
-    """The multiprocessing context of the clip workers: ``spawn``, made safe inside foreign process pools.
-
-    A spawned child re-applies its parent's *global* start method before it unpickles anything
-    (``multiprocessing.spawn.prepare``). Inside a joblib (loky) worker that method is ``"loky"``, a name the
-    fresh child has not registered, so every clip worker died with "cannot find context for 'loky'". While
-    the pool starts its workers, the global start method is therefore set to ``spawn`` when it is not one of
-    the standard methods, and restored afterwards.
-
-    Yields:
-        The ``spawn`` context to give :class:`~concurrent.futures.ProcessPoolExecutor`.
-    """
-    previous = multiprocessing.get_start_method(allow_none=True)
-    foreign = previous is not None and previous not in multiprocessing.get_all_start_methods()
-    if foreign:
-        multiprocessing.set_start_method("spawn", force=True)
-    try:
-        yield multiprocessing.get_context("spawn")
-    finally:
-        if foreign:
-            multiprocessing.set_start_method(previous, force=True)
 
 
 def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
@@ -266,7 +202,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         AnnotationError: A sheet problem with ``preprocess.on_error=raise``.
         RuntimeError: A clip failed with ``preprocess.on_error=raise`` (the message names it).
     """
-    from mer.data.samples import class_coverage
+    from mer.data.table import class_coverage
     from mer.preprocess.clip import check_config
     from mer.settings import check_settings, check_writable
 
@@ -353,7 +289,8 @@ def _record(outcome: tuple[str, dict], timings: dict[str, float], sample: dict) 
 def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list, clips_dir: Path, settings: dict,
               fingerprint: dict) -> None:
     """Gather per-clip results into the cache's arrays and tables, then write the manifest (with ``fingerprint``)."""
-    from mer.preprocess.au_graph import AUS, write_fold_graphs
+    from mer.data.au_graph import write_fold_graphs
+    from mer.data.aus import AUS, format_aus
     from mer.preprocess.rois import roi_indices
     from mer.version import provenance
 
@@ -378,7 +315,7 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         raise RuntimeError(f"every clip was rejected; see {clips_dir}")
     kept = pd.DataFrame(kept_rows).reset_index(drop=True)
     table = kept.copy()
-    table["aus"] = table["aus"].map(lambda aus: "+".join(str(a) for a in aus))
+    table["aus"] = table["aus"].map(format_aus)
     atomic_write_text(out / "samples.csv", table.to_csv(index=False))
     atomic_write_text(
         out / "rejected.csv", pd.DataFrame(rejected, columns=["subject", "clip", "reason"]).to_csv(index=False)
@@ -397,9 +334,8 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         axes = ["clip", "channel", "row", "col"]
     else:
         alphas = [float(a) for a in cfg.magnification.alphas]
-        test_alpha = float(cfg.magnification.test_alpha)
-        if test_alpha not in alphas:
-            raise ValueError(f"magnification.test_alpha {test_alpha} is not one of magnification.alphas {alphas}")
+        test_alpha = alphas[alpha_index(alphas, cfg.magnification.test_alpha, "magnification.test_alpha",
+                                        "magnification.alphas")]
         frames, axes = int(cfg.frames), ["clip", "alpha", "path", "roi", "channel", "row", "col"]
     manifest = {
         "cache_version": settings["cache_version"],

@@ -33,7 +33,7 @@ from typing import Any, Union
 import cv2
 import numpy as np
 
-from mer.preprocess.errors import ConfigError
+from mer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ A panel has two rows of N + 1 images, for the methods of the config (named in it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from mer.data.samples import index_frames
-from mer.preprocess.cache import load_cache
+from mer.cache import load_cache
+from mer.data.frames import index_frames
 from mer.preprocess.clip import ClipResult, process_clip
 
 
@@ -90,7 +89,7 @@ def save_panel(result: ClipResult, cfg: Mapping[str, Any], path: Path, title: st
         fontsize=8,
     )
     fig.tight_layout()
-    from mer.preprocess.cache import atomic_save_png
+    from mer.files import atomic_save_png
 
     path = Path(path)
     atomic_save_png(path, fig, dpi=110)

@@ -1,0 +1,7 @@
+"""``python -m mer.cli``: the ``mer`` command without its console script."""
+
+import sys
+
+from mer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""One LOSO fold trained and tested by Lightning: the sequential path, and the one each fold worker runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from mer.cache import Cache
+from mer.models import count_parameters
+from mer.settings import SELECTION_MONITORS
+from mer.training.artifacts import (
+    _fold_dir,
+    check_resumable,
+    discard_fold,
+    fold_identity,
+    read_fold_predictions,
+    update_fold_info,
+    write_fold_info,
+    write_fold_predictions,
+)
+from mer.training.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from mer.training.console import RunProgress
+from mer.training.datamodule import LOSODataModule
+from mer.training.loggers import _keep_logged_epochs, close_loggers, fold_loggers
+from mer.training.module import MERModule
+from mer.training.trainer import lightning_trainer_args, selection_monitor
+
+log = logging.getLogger(__name__)
+
+
+def save_fold_checkpoint(cfg: DictConfig, cache: Cache, data: LOSODataModule, model: torch.nn.Module, out_dir: Path,
+                         fold: int) -> Path:
+    """``save_checkpoints=true``: write the fold's tested model as ``folds/fold_XX/model.ckpt`` (:mod:`mer.training.checkpoint`)."""
+    from mer.training.checkpoint import network_checkpoint
+
+    payload = network_checkpoint(cfg, cache, data, model, {
+        "protocol": "loso", "fold": fold, "test_subject": data.test_subject,
+        "train_subjects": sorted(set(cache.subjects) - {data.test_subject} - set(data.val_subjects)),
+        "clips": int(len(data.train_index))})
+    return save_checkpoint(_fold_dir(out_dir, fold) / CHECKPOINT_NAME, payload)
+
+
+@torch.no_grad()
+def _test_alone(module: MERModule, data: LOSODataModule) -> pd.DataFrame:
+    """The test subject's predictions computed in this process alone (no Lightning test loop)."""
+    module.eval()
+    module.on_test_epoch_start()
+    for batch_index, batch in enumerate(data.test_dataloader()):
+        batch = {**batch, "patches": batch["patches"].to(module.device), "label": batch["label"].to(module.device)}
+        module.test_step(batch, batch_index)
+    return pd.DataFrame(module.test_records)
+
+
+def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_group: str | None = None,
+             progress: RunProgress | None = None) -> pd.DataFrame | None:
+    """Train a fresh model on every subject but ``subjects[fold]`` and test it on that subject.
+
+    Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
+    fold whose predictions exist is skipped (``resume``); a fold killed mid-training resumes from
+    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch) with the random state of that
+    epoch's end, so that it ends with the predictions of an uninterrupted run, and its CSV log keeps the
+    epochs before the kill. Both happen only when ``fold.json`` says the files were written with this
+    configuration, cache and cache inputs. ``progress`` counts its epochs.
+
+    Returns:
+        The fold's predictions; None in the processes of a multi-process (DDP) run other than rank 0.
+
+    Raises:
+        ResumeMismatchError: The fold's files belong to another configuration (and ``resume`` is true).
+    """
+    out_dir = Path(out_dir)
+    if cfg.get("resume", True):
+        check_resumable(cfg, out_dir, fold, fold_identity(cfg, cache))
+        done = read_fold_predictions(out_dir, fold)
+        if done is not None:
+            return done
+    else:
+        discard_fold(out_dir, fold)
+    start = time.perf_counter()
+    fold_dir = _fold_dir(out_dir, fold)
+    monitor = selection_monitor(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    data = LOSODataModule(
+        cache.directory, fold, batch_size=int(cfg.data.batch_size), test_alpha=cfg.data.test_alpha,
+        normalize=bool(cfg.data.normalize), permute_train_labels=bool(cfg.data.permute_train_labels),
+        seed=int(cfg.seed), val_subjects=int(cfg.data.get("val_subjects", 0) or 0), cache=cache,
+    )
+    module = MERModule(
+        cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
+        data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
+        optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
+        input_shape=data.input_shape, compile=bool(cfg.trainer.get("compile", False)),
+    )
+    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
+                    val_subjects=data.val_subjects, cfg=cfg)
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
+    # validation split it is also the model tested (nothing is selected on the test subject).
+    checkpoint_dir = fold_dir / "checkpoints"
+    callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
+                                     every_n_epochs=1, enable_version_counter=False))
+    best = None
+    if monitor is not None:
+        # The epoch best on the validation subjects (ties: the earliest); its state lives in last.ckpt
+        # too, so a resumed fold still knows which epoch was best so far.
+        best = ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor=monitor,
+                               mode=SELECTION_MONITORS[monitor], save_top_k=1, enable_version_counter=False)
+        callbacks.append(best)
+    if progress is not None:
+        callbacks.append(progress.callback())
+    last = checkpoint_dir / "last.ckpt"
+    trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
+    if len(data.val_set) == 0:
+        trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
+    loggers = fold_loggers(cfg, fold, wandb_group)
+    if last.is_file():
+        resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
+        log.info("fold %d resumes from %s (after epoch %d)", fold, last, resumed_epoch)
+        _keep_logged_epochs(loggers, resumed_epoch)
+    trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
+    # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
+    # torch.load's default weights_only=True refuses.
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    # What the leaderboard reports beside the scores (a resumed fold counts this run's training only).
+    update_fold_info(out_dir, fold, parameters=count_parameters(module.model),
+                     train_seconds=round(time.perf_counter() - fit_start, 3))
+    if best is not None:
+        selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
+        module.load_state_dict(selected["state_dict"])
+        # Lightning numbers epochs from 0, as in the CSV logs; fold.json keeps that numbering.
+        log.info("fold %d tests epoch %d/%d (best %s = %.4f on validation subjects %s)", fold, selected["epoch"] + 1,
+                 trainer.current_epoch, monitor, float(best.best_model_score), ", ".join(data.val_subjects))
+        update_fold_info(out_dir, fold, selected_epoch=int(selected["epoch"]), selection_monitor=monitor,
+                         selection_score=float(best.best_model_score))
+    if trainer.world_size > 1:
+        # Lightning's test loop would shard (and pad) the test clips across the processes: rank 0
+        # tests them all by itself instead, and the other ranks go on to the next fold.
+        if not trainer.is_global_zero:
+            return None
+        table = _test_alone(module, data)
+    else:
+        trainer.test(module, datamodule=data, verbose=False)
+        table = pd.DataFrame(module.test_records)
+    if cfg.get("save_checkpoints", False):  # the tested model, self-contained (mer/training/checkpoint.py)
+        save_fold_checkpoint(cfg, cache, data, module.model, out_dir, fold)
+    close_loggers(trainer.loggers)
+    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
+                                  seconds=time.perf_counter() - start)
