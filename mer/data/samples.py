@@ -52,7 +52,7 @@ import csv
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,31 +462,98 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
         return read_composite(dataset_cfg, read_sample_table, on_error, report_unlisted=report_unlisted)
     root = Path(str(dataset_cfg["root"]))
     dataset_name = str(dataset_cfg.get("name") or root.name)
-    problems: list[Problem] = []
     if dataset_cfg.get("annotation"):
-        sheet_path = root / str(dataset_cfg["annotation"])
-        if not sheet_path.is_file():
-            raise SheetNotFoundError(_missing_sheet_message(dataset_cfg, root, sheet_path))
-        if dataset_cfg.get("sheet_files"):
-            version = None if _annotation_is_explicit(dataset_cfg) else str(dataset_cfg.get("sheet_version"))
-            _announce_sheet(dataset_cfg, version, sheet_path.name,
-                            f"set by {_full_key(dataset_cfg, 'annotation' if version is None else 'sheet_version')}")
-        settings = _Settings.from_config(dataset_cfg, sheet_path.name)
-        header_row = int(dataset_cfg.get("header_row") or 0)
-        rows = _read_sheet(sheet_path, dataset_cfg)
-        columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
-        if len(rows) <= header_row:
-            raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} "
-                                  f"({_full_key(dataset_cfg, 'header_row')}={header_row}; the sheet has {len(rows)} "
-                                  f"rows){_header_hint(rows, columns, header_row, dataset_cfg)}")
-        row_numbers: Sequence[int | None] = range(header_row + 2, len(rows) + 1)
+        raw = _rows_from_sheet(dataset_cfg, root)
     else:
-        frames_root = resolve_frames_root(root, dataset_cfg.get("frames_subdir"))
-        settings = _Settings.from_config(dataset_cfg, f"folders under {frames_root.name}/")
-        rows, columns, problems = rows_from_folders(settings.frames_root, settings.clip_dir, settings.frame_regex,
-                                                    settings.source)
-        header_row = 0
-        row_numbers = [None] * (len(rows) - 1)
+        raw = _rows_from_folders(dataset_cfg, root)
+    settings, problems = raw.settings, raw.problems
+    data_rows = _data_rows(raw, dataset_cfg, root)
+    records, dropped_emotions = _build_records(data_rows, settings, dataset_name, problems)
+    fatal = _report_problems(problems, on_error)
+    if report_unlisted and dataset_cfg.get("annotation"):
+        problems.extend(_unlisted_folders(data_rows, settings))
+    table = _table_from_records(records)
+    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({(p.row, p.clip) for p in fatal}))
+    return table, problems
+
+
+@dataclass(frozen=True)
+class _RawRows:
+    """A corpus's rows as read (from its sheet, or from its clip folders), before any row is validated."""
+
+    settings: _Settings
+    rows: list[list[str]]  # every row, the header included
+    columns: dict[str, str | None]  # sample-table field -> column header
+    header_row: int  # 0-based index of the header in ``rows``
+    row_numbers: Sequence[int | None]  # spreadsheet row number of each row below the header (None: from folders)
+    problems: list[Problem]  # found while reading (clip folders without frames)
+
+
+def _rows_from_sheet(dataset_cfg: Mapping[str, Any], root: Path) -> _RawRows:
+    """Read the coding sheet that ``annotation`` names, announcing it when the corpus has several versions.
+
+    Args:
+        dataset_cfg: the ``dataset`` config node.
+        root: the corpus folder.
+
+    Returns:
+        The sheet's rows, with no problems yet.
+
+    Raises:
+        SheetNotFoundError: the sheet does not exist.
+        AnnotationError: the sheet cannot be read or has no row at ``header_row``.
+    """
+    sheet_path = root / str(dataset_cfg["annotation"])
+    if not sheet_path.is_file():
+        raise SheetNotFoundError(_missing_sheet_message(dataset_cfg, root, sheet_path))
+    if dataset_cfg.get("sheet_files"):
+        version = None if _annotation_is_explicit(dataset_cfg) else str(dataset_cfg.get("sheet_version"))
+        _announce_sheet(dataset_cfg, version, sheet_path.name,
+                        f"set by {_full_key(dataset_cfg, 'annotation' if version is None else 'sheet_version')}")
+    settings = _Settings.from_config(dataset_cfg, sheet_path.name)
+    header_row = int(dataset_cfg.get("header_row") or 0)
+    rows = _read_sheet(sheet_path, dataset_cfg)
+    columns = {field: dataset_cfg["columns"].get(field) for field in REQUIRED_FIELDS + OPTIONAL_FIELDS}
+    if len(rows) <= header_row:
+        raise AnnotationError(f"{sheet_path.name}: no header on row {header_row + 1} "
+                              f"({_full_key(dataset_cfg, 'header_row')}={header_row}; the sheet has {len(rows)} "
+                              f"rows){_header_hint(rows, columns, header_row, dataset_cfg)}")
+    return _RawRows(settings=settings, rows=rows, columns=columns, header_row=header_row,
+                    row_numbers=range(header_row + 2, len(rows) + 1), problems=[])
+
+
+def _rows_from_folders(dataset_cfg: Mapping[str, Any], root: Path) -> _RawRows:
+    """Rows for a corpus without a sheet, read from the clip folders that ``clip_dir`` describes.
+
+    Args:
+        dataset_cfg: the ``dataset`` config node.
+        root: the corpus folder.
+
+    Returns:
+        The rows (header first, no spreadsheet row numbers), with the problems of clip folders that cannot be read.
+    """
+    frames_root = resolve_frames_root(root, dataset_cfg.get("frames_subdir"))
+    settings = _Settings.from_config(dataset_cfg, f"folders under {frames_root.name}/")
+    rows, columns, problems = rows_from_folders(settings.frames_root, settings.clip_dir, settings.frame_regex,
+                                                settings.source)
+    return _RawRows(settings=settings, rows=rows, columns=columns, header_row=0, row_numbers=[None] * (len(rows) - 1),
+                    problems=problems)
+
+
+def _data_rows(raw: _RawRows, dataset_cfg: Mapping[str, Any],
+               root: Path) -> list[tuple[int | None, dict[str, str]]]:
+    """The non-blank rows below the header as (row number, field -> cell text).
+
+    Args:
+        raw: the rows as read.
+        dataset_cfg: the ``dataset`` config node.
+        root: the corpus folder.
+
+    Raises:
+        AnnotationError: the header lacks a configured column (naming the row that looks like the header, if one
+            does), or a sheet has no row below its header.
+    """
+    rows, columns, header_row, settings = raw.rows, raw.columns, raw.header_row, raw.settings
     try:
         positions = _column_positions(rows[header_row], columns, settings.source, header_row)
     except AnnotationError as error:
@@ -495,10 +562,26 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
         raise AnnotationError(f"{error}{_header_hint(rows, columns, header_row, dataset_cfg)}") from None
 
     data_rows = [(row_number, {field: (cells[index] if index < len(cells) else "") for field, index in positions.items()})
-                 for row_number, cells in zip(row_numbers, rows[header_row + 1:]) if any(cells)]
+                 for row_number, cells in zip(raw.row_numbers, rows[header_row + 1:]) if any(cells)]
     if not data_rows and dataset_cfg.get("annotation"):
         raise AnnotationError(f"{settings.source}: 0 usable clips: the sheet has its header on row {header_row + 1} "
                               f"and no rows below it ({root / str(dataset_cfg['annotation'])})")
+    return data_rows
+
+
+def _build_records(data_rows: Sequence[tuple[int | None, dict[str, str]]], settings: _Settings, dataset_name: str,
+                   problems: list[Problem]) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """Validate every data row into a table record, rejecting the clips whose rows disagree.
+
+    Args:
+        data_rows: (row number, field -> cell text) of each row, in sheet order.
+        settings: the dataset settings.
+        dataset_name: the ``dataset`` column of every record.
+        problems: extended here with every row's problems, in sheet order.
+
+    Returns:
+        (the records of the usable rows, how many rows each deliberately dropped emotion had).
+    """
     conflicts = _conflicting_rows(data_rows, settings)
     records: list[dict[str, Any]] = []
     dropped_emotions: Counter[str] = Counter()
@@ -517,21 +600,33 @@ def read_sample_table(dataset_cfg: Mapping[str, Any], on_error: str = "raise",
         elif record is not None:
             record["dataset"] = dataset_name
             records.append(record)
+    return records, dropped_emotions
 
+
+def _report_problems(problems: list[Problem], on_error: str) -> list[Problem]:
+    """Log every problem (fatal ones as errors) and, with ``on_error="raise"``, raise on the first fatal one.
+
+    Returns:
+        The fatal problems.
+
+    Raises:
+        AnnotationError: a fatal problem with ``on_error="raise"`` (its message; ``.problems`` holds them all).
+    """
     fatal = [problem for problem in problems if problem.fatal]
     for problem in problems:
         log.log(logging.ERROR if problem.fatal else logging.WARNING, "%s", problem)
     if fatal and on_error == "raise":
         raise AnnotationError(fatal[0].message, problems)
-    if report_unlisted and dataset_cfg.get("annotation"):
-        problems.extend(_unlisted_folders(data_rows, settings))
+    return fatal
 
+
+def _table_from_records(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The sample table of ``records``: columns ``TABLE_COLUMNS``, sorted by (subject, clip), frames as int64."""
     table = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS))
     table = table.sort_values(["subject", "clip"], kind="stable").reset_index(drop=True)
     for name in ("onset", "apex", "offset", "class_index"):
         table[name] = table[name].astype(np.int64)
-    _log_summary(dataset_name, table, settings.classes, dropped_emotions, len({(p.row, p.clip) for p in fatal}))
-    return table, problems
+    return table
 
 
 def _missing_apex(text: str) -> str:
@@ -658,7 +753,6 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
         the row is dropped deliberately because its emotion maps to no class, else None).
     """
     subject, clip, key, fields = _row_identity(values, settings)
-    subject_text = values["subject"]
     problems: list[Problem] = []
     where = f"{settings.source} row {row}" if row is not None else settings.source
 
@@ -669,19 +763,59 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
     emotion_key = _normalise(emotion)
     if emotion_key in settings.class_map and settings.class_map[emotion_key] is None:
         return None, problems, emotion
-    if subject is None:
-        problem(f"subject {subject_text!r} does not fit dataset.subject_format {settings.subject_format!r}")
+    unusable = _identity_problem(values["subject"], subject, clip, key, row, settings, first_row_of)
+    if unusable is not None:
+        problem(unusable)
         return None, problems, None
-    if not clip:
-        problem("the clip name (dataset.columns.clip) is empty")
-        return None, problems, None
-    if key in first_row_of:
-        problem(f"duplicate clip (first on row {first_row_of[key]})")
-        return None, problems, None
-    first_row_of[key] = row
     if emotion_key not in settings.class_map:
         problem(f"unknown emotion {emotion!r}: not in dataset.class_map (known: {sorted(settings.class_map)})")
 
+    onset, offset = _frame_span(values, problem)
+    frames, frames_dir = _clip_frames(fields, subject, onset, offset, settings, problem)
+    if any(p.fatal for p in problems):
+        return None, problems, None
+
+    apex = _choose_apex(values.get("apex", ""), onset, offset, frames, frames_dir, settings, problem)
+    if apex is None:
+        return None, problems, None
+    aus = _read_aus(values.get("aus", ""), problem)
+    label = settings.class_map[emotion_key]
+    record = {"subject": subject, "clip": clip, "frames_dir": str(frames_dir), "onset": onset, "apex": apex,
+              "offset": offset, "aus": aus, "emotion": emotion, "label": label,
+              "class_index": settings.classes.index(label)}
+    return record, problems, None
+
+
+def _identity_problem(subject_text: str, subject: str | None, clip: str, key: str, row: int | None,
+                      settings: _Settings, first_row_of: dict[str, int | None]) -> str | None:
+    """Why a row names no usable clip (a subject that does not fit, no clip name, a repeated clip), or None.
+
+    Args:
+        subject_text: the sheet's subject cell.
+        subject: its folder name, or None when it does not fit ``subject_format``.
+        clip: the clip name.
+        key: ``subject/clip``.
+        row: the row's spreadsheet row number, or None.
+        settings: the dataset settings.
+        first_row_of: clip key -> row it was first seen on; the row's clip is added when it is usable.
+    """
+    if subject is None:
+        return f"subject {subject_text!r} does not fit dataset.subject_format {settings.subject_format!r}"
+    if not clip:
+        return "the clip name (dataset.columns.clip) is empty"
+    if key in first_row_of:
+        return f"duplicate clip (first on row {first_row_of[key]})"
+    first_row_of[key] = row
+    return None
+
+
+def _frame_span(values: Mapping[str, str], problem: Callable[..., None]) -> tuple[int | None, int | None]:
+    """(onset, offset) frame numbers of a row, each None where it is not a number; reports bad or reversed ones.
+
+    Args:
+        values: field -> cell text of the row.
+        problem: reports one problem of the row (message, fatal=True).
+    """
     onset, offset = parse_frame_number(values["onset"]), parse_frame_number(values["offset"])
     if onset is None:
         problem(f"non-numeric onset frame {values['onset']!r}")
@@ -689,7 +823,24 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
         problem(f"non-numeric offset frame {values['offset']!r}")
     if onset is not None and offset is not None and onset > offset:
         problem(f"onset {onset} is after offset {offset}")
+    return onset, offset
 
+
+def _clip_frames(fields: Mapping[str, str], subject: str, onset: int | None, offset: int | None, settings: _Settings,
+                 problem: Callable[..., None]) -> tuple[dict[int, Path] | None, Path]:
+    """Find a clip's folder and index its frames; report a missing folder or missing frames in [onset, offset].
+
+    Args:
+        fields: the row's template fields.
+        subject: the subject's folder name.
+        onset: the onset frame, or None when unreadable.
+        offset: the offset frame, or None when unreadable.
+        settings: the dataset settings.
+        problem: reports one problem of the row (message, fatal=True).
+
+    Returns:
+        (frame number -> file, or None when the clip folder was not found or not read; the clip folder).
+    """
     frames: dict[int, Path] | None = None  # None: the clip folder was not found
     frames_dir = settings.frames_root / settings.clip_dir.format(**fields)
     # A folder named by its frames (CAS(ME)^3's <subject>_<clip>_<onset>) cannot be looked for without them.
@@ -717,22 +868,37 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
         if missing:
             shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
             problem(f"{what} missing on disk in {frames_dir} (pattern {settings.frame_regex!r}): {shown}")
-    if any(p.fatal for p in problems):
-        return None, problems, None
+    return frames, frames_dir
 
-    apex_text = values.get("apex", "")
+
+def _choose_apex(apex_text: str, onset: int, offset: int, frames: Mapping[int, Path], frames_dir: Path,
+                 settings: _Settings, problem: Callable[..., None]) -> int | None:
+    """The apex frame of a valid clip: the sheet's, or (none given) the one ``dataset.apex_policy`` picks.
+
+    Args:
+        apex_text: the sheet's apex cell.
+        onset: the onset frame.
+        offset: the offset frame.
+        frames: frame number -> file of the clip.
+        frames_dir: the clip folder, for messages.
+        settings: the dataset settings.
+        problem: reports one problem of the row (message, fatal=True).
+
+    Returns:
+        The apex frame number, or None when the clip is rejected (a fatal problem has been reported).
+    """
     apex = parse_frame_number(apex_text)
     if apex is not None and not onset <= apex <= offset:
         problem(f"apex {apex} outside [onset {onset}, offset {offset}]")
-        return None, problems, None
+        return None
     if apex is not None and apex not in frames:
         problem(f"apex frame {apex} missing on disk in {frames_dir} (pattern {settings.frame_regex!r})")
-        return None, problems, None
+        return None
     if apex is None:
         issue = _missing_apex(apex_text)
         if settings.apex_policy == "drop":
             problem(f"{issue} (dataset.apex_policy=drop)")
-            return None, problems, None
+            return None
         if settings.apex_policy == "middle":
             apex = _nearest_frame({n: p for n, p in frames.items() if onset <= n <= offset}, (onset + offset) / 2)
             problem(f"{issue}: using the middle frame {apex} (dataset.apex_policy=middle)", fatal=False)
@@ -740,19 +906,23 @@ def _read_row(values: dict[str, str], row: int | None, settings: _Settings,
             apex = estimate_apex_by_flow(frames, onset, offset)
             problem(f"{issue}: using frame {apex}, the one that moved most from onset (dataset.apex_policy=max_flow)",
                     fatal=False)
+    return apex
 
-    aus_text = values.get("aus", "")
+
+def _read_aus(aus_text: str, problem: Callable[..., None]) -> tuple[int, ...]:
+    """The action units of a row's AU cell; unreadable ones and alternatives (``AU4 or AU7``) are reported.
+
+    Args:
+        aus_text: the sheet's AU cell.
+        problem: reports one problem of the row (message, fatal=True).
+    """
     aus, unreadable = parse_action_units(aus_text)
     if unreadable:
         problem(f"unreadable action unit(s) {unreadable} in {aus_text!r} ignored", fatal=False)
     if re.search(r"\bor\b", aus_text, flags=re.IGNORECASE):
         problem(f"action units {aus_text!r} give alternatives: all of them kept, {'+'.join(map(str, aus))}",
                 fatal=False)
-    label = settings.class_map[emotion_key]
-    record = {"subject": subject, "clip": clip, "frames_dir": str(frames_dir), "onset": onset, "apex": apex,
-              "offset": offset, "aus": aus, "emotion": emotion, "label": label,
-              "class_index": settings.classes.index(label)}
-    return record, problems, None
+    return aus
 
 
 def _log_summary(dataset: str, table: pd.DataFrame, classes: list[str], dropped_emotions: Counter[str],

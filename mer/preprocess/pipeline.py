@@ -202,26 +202,80 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         AnnotationError: A sheet problem with ``preprocess.on_error=raise``.
         RuntimeError: A clip failed with ``preprocess.on_error=raise`` (the message names it).
     """
-    from mer.data.table import class_coverage
-    from mer.preprocess.clip import check_config
-    from mer.settings import check_settings, check_writable
+    from mer.settings import check_settings
 
     check_settings(cfg, "preprocess")
     out = cache_dir_for(cfg)
     rebuild = bool(cfg.preprocess.get("rebuild", False))
+    if _cache_is_fresh(cfg, out, rebuild):
+        return out
+    on_error = str(cfg.preprocess.on_error)
+    cfg_container = _checked_worker_config(cfg, out)
+    samples, problems = _read_samples(cfg, on_error)
+    clips_dir = _open_cache(out, rebuild)
+    settings = preprocessing_settings(cfg)
+    fingerprint = input_fingerprint(cfg.dataset, samples, problems)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(settings)))
+
+    todo = list(_pending(samples, clips_dir, fingerprint["clips"]))
+    log.info("%d clips, %d to process, cache %s", len(samples), len(todo), out)
+    start = time.perf_counter()
+    timings = _process_clips(todo, cfg_container, clips_dir, on_error, int(cfg.preprocess.workers), progress)
+    elapsed = time.perf_counter() - start
+    _assemble(out, cfg, samples, problems, clips_dir, settings, fingerprint)
+    atomic_write_text(
+        out / "timings.json",
+        json.dumps({"clips_processed": len(todo), "seconds": elapsed, "stage_seconds": timings}, indent=2),
+    )
+    if todo:
+        log.info("processed %d clips in %.1f s (%.2f clips/s)", len(todo), elapsed, len(todo) / max(elapsed, 1e-9))
+    return out
+
+
+def _cache_is_fresh(cfg: DictConfig, out: Path, rebuild: bool) -> bool:
+    """Whether the cache at ``out`` is complete and made from the current inputs (logged); an out-of-date one is
+    reported with why.
+
+    Args:
+        cfg: The preprocessing config.
+        out: The cache directory.
+        rebuild: ``preprocess.rebuild``: the cache is never fresh.
+    """
     if is_complete(out) and not rebuild:
         fresh, reasons = check_cache(cfg, out)
         if fresh:
             log.info("cache is complete: %s", out)
-            return out
+            return True
         log.warning("cache %s is out of date, updating it:\n  %s", out, "\n  ".join(reasons))
-    on_error = str(cfg.preprocess.on_error)
+    return False
+
+
+def _checked_worker_config(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """Check that the cache can be written and that clips can run with ``cfg``, generate a missing synthetic
+    corpus, and return the workers' config (:func:`worker_config`).
+
+    Raises:
+        ConfigError: A config no clip can run with, or a ``dataset.root`` no corpus can be generated in.
+    """
+    from mer.preprocess.clip import check_config
+    from mer.settings import check_writable
+
     check_writable(out, "paths.cache_dir", cfg.paths.cache_dir)
     cfg_container = worker_config(cfg)
     # Once here rather than once per clip in every worker: a bad config (missing weights, motion=magnet without
     # magnification=magnet, ...) stops the run with its message instead of rejecting every clip for it.
     check_config(OmegaConf.create(cfg_container))
     ensure_corpus(cfg)
+    return cfg_container
+
+
+def _read_samples(cfg: DictConfig, on_error: str) -> tuple[pd.DataFrame, list]:
+    """The sample table and its problems, checked to cover every class (coverage warnings are logged).
+
+    Raises:
+        AnnotationError: A sheet problem with ``on_error="raise"``, no clip, or a class without clips.
+    """
+    from mer.data.table import class_coverage
 
     samples, problems = read_sample_table(cfg.dataset, on_error=on_error)
     # Before any clip: an empty table, or a class without a clip, could only fail after every fold has trained.
@@ -230,6 +284,15 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         log.warning("%s", warning)
     if errors:
         raise AnnotationError("\n".join(errors), problems)
+    return samples, problems
+
+
+def _open_cache(out: Path, rebuild: bool) -> Path:
+    """Mark the cache incomplete (its manifest removed) and make its ``clips/``, emptied first on ``rebuild``.
+
+    Returns:
+        The ``clips/`` directory.
+    """
     clips_dir = out / "clips"
     # From here until the new manifest is written the directory is incomplete: no reader takes a half-updated cache.
     (out / MANIFEST).unlink(missing_ok=True)
@@ -237,15 +300,25 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
         log.info("preprocess.rebuild=true: reprocessing every clip of %s", out)
         shutil.rmtree(clips_dir)
     clips_dir.mkdir(parents=True, exist_ok=True)
-    settings = preprocessing_settings(cfg)
-    fingerprint = input_fingerprint(cfg.dataset, samples, problems)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(settings)))
+    return clips_dir
 
+
+def _process_clips(todo: list[dict], cfg_container: dict, clips_dir: Path, on_error: str, workers: int,
+                   progress: bool) -> dict[str, float]:
+    """Process the clips of ``todo``, in this process or in ``workers`` worker processes.
+
+    Args:
+        todo: The samples to process (:func:`_pending`).
+        cfg_container: The workers' config (:func:`worker_config`).
+        clips_dir: The cache's ``clips/``, where each result is written.
+        on_error: ``preprocess.on_error``.
+        workers: ``preprocess.workers``; 1 or less processes the clips here.
+        progress: Show a progress bar over clips.
+
+    Returns:
+        Stage name -> seconds spent in it, summed over the processed clips.
+    """
     timings: dict[str, float] = {}
-    todo = list(_pending(samples, clips_dir, fingerprint["clips"]))
-    log.info("%d clips, %d to process, cache %s", len(samples), len(todo), out)
-    start = time.perf_counter()
-    workers = int(cfg.preprocess.workers)
     bar = tqdm(total=len(todo), desc="preprocess", unit="clip", disable=not progress)
     if workers <= 1:
         _worker_init()
@@ -266,15 +339,7 @@ def run_preprocessing(cfg: DictConfig, progress: bool = True) -> Path:
                     future.cancel()
                 raise
     bar.close()
-    elapsed = time.perf_counter() - start
-    _assemble(out, cfg, samples, problems, clips_dir, settings, fingerprint)
-    atomic_write_text(
-        out / "timings.json",
-        json.dumps({"clips_processed": len(todo), "seconds": elapsed, "stage_seconds": timings}, indent=2),
-    )
-    if todo:
-        log.info("processed %d clips in %.1f s (%.2f clips/s)", len(todo), elapsed, len(todo) / max(elapsed, 1e-9))
-    return out
+    return timings
 
 
 def _record(outcome: tuple[str, dict], timings: dict[str, float], sample: dict) -> None:
@@ -290,16 +355,42 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
               fingerprint: dict) -> None:
     """Gather per-clip results into the cache's arrays and tables, then write the manifest (with ``fingerprint``)."""
     from mer.data.au_graph import write_fold_graphs
-    from mer.data.aus import AUS, format_aus
-    from mer.preprocess.rois import roi_indices
-    from mer.version import provenance
 
+    rejected = _sheet_rejections(problems)
+    kept, patches, landmarks = _gather_results(samples, clips_dir, rejected)
+    patch_array = _write_tables_and_arrays(out, kept, rejected, patches, landmarks)
+    subjects = sorted(kept["subject"].unique())
+    write_fold_graphs(kept, out, subjects)
+    manifest = _manifest(cfg, settings, patch_array, len(rejected), subjects, fingerprint)
+    # Written last: its presence is what marks the directory complete.
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _sheet_rejections(problems: list) -> list[dict]:
+    """The rows of ``rejected.csv`` for the clips the sample table rejected (its fatal problems)."""
     # Problem.clip reads "subject/clip".
-    rejected = [
+    return [
         {"subject": str(p.clip).rpartition("/")[0], "clip": str(p.clip).rpartition("/")[2], "reason": p.message}
         for p in problems
         if p.fatal
     ]
+
+
+def _gather_results(samples: pd.DataFrame, clips_dir: Path,
+                    rejected: list[dict]) -> tuple[pd.DataFrame, list[np.ndarray], list[np.ndarray]]:
+    """Load every clip's result from ``clips/``.
+
+    Args:
+        samples: The sample table.
+        clips_dir: The cache's ``clips/``.
+        rejected: The rows of ``rejected.csv``; each clip rejected in processing is appended.
+
+    Returns:
+        (the rows of the clips with a result, their patches, their landmarks), in sample-table order.
+
+    Raises:
+        RuntimeError: Every clip was rejected.
+    """
     kept_rows, patches, landmarks = [], [], []
     for _, row in samples.iterrows():
         result_path = _clip_result_path(clips_dir, row)
@@ -313,7 +404,18 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
             rejected.append({"subject": row["subject"], "clip": row["clip"], "reason": info["reason"]})
     if not kept_rows:
         raise RuntimeError(f"every clip was rejected; see {clips_dir}")
-    kept = pd.DataFrame(kept_rows).reset_index(drop=True)
+    return pd.DataFrame(kept_rows).reset_index(drop=True), patches, landmarks
+
+
+def _write_tables_and_arrays(out: Path, kept: pd.DataFrame, rejected: list[dict], patches: list[np.ndarray],
+                             landmarks: list[np.ndarray]) -> np.ndarray:
+    """Write ``samples.csv``, ``rejected.csv``, ``patches.npy`` and ``landmarks.npy``.
+
+    Returns:
+        The patch array written (clips first).
+    """
+    from mer.data.aus import format_aus
+
     table = kept.copy()
     table["aus"] = table["aus"].map(format_aus)
     atomic_write_text(out / "samples.csv", table.to_csv(index=False))
@@ -323,8 +425,24 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
     patch_array = np.stack(patches).astype(np.float32)
     atomic_save_npy(out / "patches.npy", patch_array)
     atomic_save_npy(out / "landmarks.npy", np.stack(landmarks).astype(np.float32))
-    subjects = sorted(kept["subject"].unique())
-    write_fold_graphs(kept, out, subjects)
+    return patch_array
+
+
+def _manifest(cfg: DictConfig, settings: dict, patch_array: np.ndarray, rejected: int, subjects: list[str],
+              fingerprint: dict) -> dict[str, Any]:
+    """The cache's manifest: its key, the array's shape and axes, the representation's layout, the provenance.
+
+    Args:
+        cfg: The preprocessing config.
+        settings: The hashed preprocessing settings (:func:`preprocessing_settings`).
+        patch_array: The patch array written.
+        rejected: How many clips were rejected.
+        subjects: The kept clips' subjects, sorted.
+        fingerprint: The input record (:func:`input_fingerprint`).
+    """
+    from mer.data.aus import AUS
+    from mer.preprocess.rois import roi_indices
+    from mer.version import provenance
 
     _, region_sizes, region_names = roi_indices(cfg.rois)
     representation = representation_name(cfg.get("representation"))
@@ -337,13 +455,13 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         test_alpha = alphas[alpha_index(alphas, cfg.magnification.test_alpha, "magnification.test_alpha",
                                         "magnification.alphas")]
         frames, axes = int(cfg.frames), ["clip", "alpha", "path", "roi", "channel", "row", "col"]
-    manifest = {
+    return {
         "cache_version": settings["cache_version"],
         "key": cache_key(cfg),
         "dataset": str(cfg.dataset.name),
         "representation": representation,
         "clips": int(patch_array.shape[0]),
-        "rejected": len(rejected),
+        "rejected": rejected,
         "shape": list(patch_array.shape),
         "axes": axes,
         "alphas": alphas,
@@ -357,5 +475,3 @@ def _assemble(out: Path, cfg: DictConfig, samples: pd.DataFrame, problems: list,
         "inputs": fingerprint,
         **provenance(),  # mer_version, git_commit (None outside a git checkout)
     }
-    # Written last: its presence is what marks the directory complete.
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
