@@ -39,6 +39,13 @@ def write_fake_cache(directory, seed=0, subjects=("sub01", "sub02", "sub03"), cl
     return directory
 
 
+def fold_data(*args, **kwargs) -> LOSODataModule:
+    """A :class:`LOSODataModule`, set up (as Lightning sets it up in ``fit``)."""
+    data = LOSODataModule(*args, **kwargs)
+    data.setup()
+    return data
+
+
 @pytest.fixture
 def fake_cache(tmp_path):
     return write_fake_cache(tmp_path / "cache")
@@ -54,7 +61,7 @@ def test_incomplete_cache_is_never_read(tmp_path):
 def test_folds_are_disjoint_by_subject_and_cover_everything(fake_cache):
     seen_test = []
     for fold in range(3):
-        dm = LOSODataModule(fake_cache, fold, batch_size=4)
+        dm = fold_data(fake_cache, fold, batch_size=4)
         train_subjects, test_subjects = set(dm.train_set.subjects), set(dm.test_set.subjects)
         assert test_subjects == {dm.test_subject} and dm.test_subject not in train_subjects
         assert len(dm.train_set) + len(dm.test_set) == 12
@@ -65,11 +72,11 @@ def test_folds_are_disjoint_by_subject_and_cover_everything(fake_cache):
 
 def test_fold_out_of_range(fake_cache):
     with pytest.raises(ValueError, match="fold 3 out of range"):
-        LOSODataModule(fake_cache, 3)
+        fold_data(fake_cache, 3)
 
 
 def test_test_alpha_fixed_and_train_alpha_drawn_per_path(fake_cache):
-    dm = LOSODataModule(fake_cache, 0, batch_size=4, normalize=False)
+    dm = fold_data(fake_cache, 0, batch_size=4, normalize=False)
     item = dm.test_set[0]
     assert item["patches"].shape == (3, 5, 1, 7, 7)
     decoded = torch.round(item["patches"][:, 0, 0, 0, 0]) % 100  # 10 * alpha_index + path
@@ -83,7 +90,7 @@ def test_test_alpha_fixed_and_train_alpha_drawn_per_path(fake_cache):
 
 def test_unknown_test_alpha(fake_cache):
     with pytest.raises(ValueError, match="is not one of the cached alphas"):
-        LOSODataModule(fake_cache, 0, test_alpha=2.5)
+        fold_data(fake_cache, 0, test_alpha=2.5)
 
 
 def test_test_subject_never_reaches_training(tmp_path):
@@ -97,7 +104,7 @@ def test_test_subject_never_reaches_training(tmp_path):
     patches[test] *= 50.0
     samples.to_csv(b / "samples.csv", index=False)
     np.save(b / "patches.npy", patches)
-    dm_a, dm_b = LOSODataModule(a, 1), LOSODataModule(b, 1)
+    dm_a, dm_b = fold_data(a, 1), fold_data(b, 1)
     assert dm_a.test_subject == "sub02"
     assert dm_a.scale == dm_b.scale
     assert torch.equal(dm_a.train_set.patches, dm_b.train_set.patches)
@@ -107,8 +114,8 @@ def test_test_subject_never_reaches_training(tmp_path):
 
 
 def test_permuted_labels_keep_the_label_multiset(fake_cache):
-    plain = LOSODataModule(fake_cache, 0)
-    shuffled = LOSODataModule(fake_cache, 0, permute_train_labels=True)
+    plain = fold_data(fake_cache, 0)
+    shuffled = fold_data(fake_cache, 0, permute_train_labels=True)
     assert sorted(plain.train_set.labels.tolist()) == sorted(shuffled.train_set.labels.tolist())
     assert not torch.equal(plain.train_set.labels, shuffled.train_set.labels)
     assert torch.equal(plain.test_set.labels, shuffled.test_set.labels)
@@ -118,7 +125,7 @@ def test_validation_subjects_come_from_training_subjects_only(tmp_path):
     subjects = tuple(f"sub{i:02d}" for i in range(1, 7))
     cache = write_fake_cache(tmp_path / "c", subjects=subjects)
     for fold in range(len(subjects)):
-        dm = LOSODataModule(cache, fold, val_subjects=2, seed=3)
+        dm = fold_data(cache, fold, val_subjects=2, seed=3)
         assert len(dm.val_subjects) == 2 and dm.test_subject not in dm.val_subjects
         assert set(dm.val_set.subjects) == set(dm.val_subjects)
         assert not set(dm.train_set.subjects) & (set(dm.val_subjects) | {dm.test_subject})
@@ -130,10 +137,10 @@ def test_validation_subjects_come_from_training_subjects_only(tmp_path):
         train_patches = torch.from_numpy(np.load(cache / "patches.npy")[dm.train_index])
         assert dm.scale == pytest.approx(float(train_patches.std()))
     # The draw depends on the seed and the fold, not on anything else; 0 means no split at all.
-    assert LOSODataModule(cache, 0, val_subjects=2, seed=3).val_subjects == LOSODataModule(cache, 0, val_subjects=2, seed=3).val_subjects
-    draws = {tuple(LOSODataModule(cache, 0, val_subjects=2, seed=s).val_subjects) for s in range(8)}
+    assert fold_data(cache, 0, val_subjects=2, seed=3).val_subjects == fold_data(cache, 0, val_subjects=2, seed=3).val_subjects
+    draws = {tuple(fold_data(cache, 0, val_subjects=2, seed=s).val_subjects) for s in range(8)}
     assert len(draws) > 1
-    plain = LOSODataModule(cache, 0)
+    plain = fold_data(cache, 0)
     assert plain.val_subjects == [] and len(plain.val_set) == 0 and len(plain.train_set) == 20
 
 
@@ -145,11 +152,28 @@ def test_validation_split_ignores_the_test_subject(tmp_path):
     test = (samples["subject"] == "sub03").to_numpy()
     samples.loc[test, "class_index"] = (samples.loc[test, "class_index"] + 1) % 3
     samples.to_csv(b / "samples.csv", index=False)
-    dm_a, dm_b = LOSODataModule(a, 2, val_subjects=1), LOSODataModule(b, 2, val_subjects=1)
+    dm_a, dm_b = fold_data(a, 2, val_subjects=1), fold_data(b, 2, val_subjects=1)
     assert dm_a.val_subjects == dm_b.val_subjects
     assert torch.equal(dm_a.val_set.labels, dm_b.val_set.labels) and torch.equal(dm_a.val_set.patches, dm_b.val_set.patches)
 
 
 def test_validation_split_must_leave_training_subjects(fake_cache):
     with pytest.raises(ValueError, match="val_subjects=2: fold 0 has 2 training subjects"):
-        LOSODataModule(fake_cache, 0, val_subjects=2)
+        fold_data(fake_cache, 0, val_subjects=2)
+
+
+def test_the_constructor_only_stores_its_arguments_and_setup_runs_once(fake_cache, tmp_path, monkeypatch):
+    # No cache is read before setup: not even a missing one.
+    LOSODataModule(tmp_path / "nowhere", 0)
+    data = LOSODataModule(fake_cache, 1, val_subjects=1)
+    assert data.cache is None and not hasattr(data, "train_set")
+    data.setup()
+    state = (data.cache, data.train_set, data.val_set, data.test_set, data.scale, data.au_adjacency)
+    import mer.training.datamodule as datamodule
+
+    monkeypatch.setattr(datamodule, "loso_split", lambda *a, **k: pytest.fail("setup split the fold again"))
+    data.setup("fit")
+    data.setup("test")
+    again = (data.cache, data.train_set, data.val_set, data.test_set, data.scale, data.au_adjacency)
+    assert all(before is after for before, after in zip(state, again))
+    assert data.test_subject == "sub02" and len(data.val_subjects) == 1

@@ -93,6 +93,7 @@ def test_the_cache_holds_one_flow_image_per_clip(tiny_corpus, tmp_path):
     assert cache.patches.shape == (9, 3, 28, 28) and np.isfinite(cache.patches).all()
     assert cache.patches.min() >= 0 and cache.patches.max() <= 1
     fold = LOSODataModule(cache.directory, 0, batch_size=4, cache=cache)
+    fold.setup()
     assert fold.input_shape == (3, 28, 28) and fold.num_paths == 1 and fold.in_channels == 3
     batch = next(iter(fold.train_dataloader()))
     assert batch["patches"].shape == (4, 3, 28, 28)

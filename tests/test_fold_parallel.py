@@ -173,6 +173,7 @@ def test_an_epoch_gives_every_fold_n_max_clips_in_equal_steps(sizes, batch, step
 def test_fold_batches_are_the_sequential_dataloaders(tiny_cache):
     """Same seed, same clips, same order, same amplification factors, same scale: epoch after epoch."""
     data_module = LOSODataModule(tiny_cache.directory, 1, batch_size=4, seed=3, cache=tiny_cache)
+    data_module.setup()
     loader = data_module.train_dataloader()
     sequential = [(batch["patches"], batch["label"]) for _ in range(3) for batch in loader]
     splits, test_alpha_index = fold_splits(tiny_cache, [1], seed=3)

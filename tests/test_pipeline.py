@@ -221,17 +221,22 @@ def test_test_subject_labels_change_nothing_the_fold_trains_with(tiny_corpus, tm
 
     from mer.training.datamodule import LOSODataModule
 
+    def fold_data(cache_dir, fold):
+        data = LOSODataModule(cache_dir, fold=fold)
+        data.setup()
+        return data
+
     root = _copy_corpus(tiny_corpus, tmp_path)
     (root / "coding.xlsx").unlink()
     original = compose_preprocess(root, tmp_path / "a", "frames=2", "preprocess.workers=1", "dataset.annotation=coding.csv")
-    before = LOSODataModule(pipeline.run_preprocessing(original, progress=False), fold=1)
+    before = fold_data(pipeline.run_preprocessing(original, progress=False), 1)
     sheet = pd.read_csv(root / "coding.csv")
     test = sheet["Subject"] == 2
     sheet.loc[test, "Action Units"] = "17+25"
     sheet.loc[test, "Estimated Emotion"] = "surprise"
     sheet.to_csv(root / "coding.csv", index=False)
     changed = compose_preprocess(root, tmp_path / "b", "frames=2", "preprocess.workers=1", "dataset.annotation=coding.csv")
-    after = LOSODataModule(pipeline.run_preprocessing(changed, progress=False), fold=1)
+    after = fold_data(pipeline.run_preprocessing(changed, progress=False), 1)
     assert before.test_subject == after.test_subject == "sub02"
     np.testing.assert_array_equal(before.au_adjacency, after.au_adjacency)
     assert before.scale == after.scale
@@ -239,5 +244,5 @@ def test_test_subject_labels_change_nothing_the_fold_trains_with(tiny_corpus, tm
     assert torch.equal(before.train_set.labels, after.train_set.labels)
     assert not torch.equal(before.test_set.labels, after.test_set.labels)
     # ... while relabelling a training subject does change the fold's graph.
-    assert not np.array_equal(LOSODataModule(cache_dir_for(changed), fold=0).au_adjacency,
-                              LOSODataModule(cache_dir_for(original), fold=0).au_adjacency)
+    assert not np.array_equal(fold_data(cache_dir_for(changed), 0).au_adjacency,
+                              fold_data(cache_dir_for(original), 0).au_adjacency)

@@ -97,6 +97,7 @@ def run_all_subjects(cfg: DictConfig, cache: Cache, out_dir: Path, progress: Any
         normalize=bool(cfg.data.normalize), permute_train_labels=bool(cfg.data.permute_train_labels),
         seed=int(cfg.seed), val_subjects=0, cache=cache,
     )
+    data.setup()
     module = MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),

@@ -186,6 +186,7 @@ def build_network(payload: Mapping[str, Any]) -> nn.Module:
 def network_checkpoint(cfg: DictConfig, cache: Cache, data: LOSODataModule, model: torch.nn.Module,
                        training: dict[str, Any]) -> dict[str, Any]:
     """The self-contained checkpoint (:func:`mer.training.checkpoint.checkpoint_payload`) of a network trained on ``data``."""
+    data.setup()  # set up already when it trained the network: nothing to do then
     return checkpoint_payload(
         state_dict=model.state_dict(), model_cfg=cfg.model, cfg=cfg, manifest=cache.manifest,
         region_sizes=data.region_sizes, num_paths=data.num_paths, in_channels=data.in_channels,

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mer.cache import Cache, alpha_index, load_cache
+from mer.training.splits import loso_split
 
 
 def capture_random_state(loader: torch.Generator | None, dataset: torch.Generator | None) -> dict[str, Any]:
@@ -124,6 +125,10 @@ class FlowImageDataset(Dataset):
 class LOSODataModule(pl.LightningDataModule):
     """One leave-one-subject-out fold of a preprocessed cache.
 
+    The constructor only stores its arguments; :meth:`setup` reads the cache and builds the fold (the split is
+    :func:`mer.training.splits.loso_split`). Lightning calls it in ``fit`` and ``test``; code that reads the
+    fold's attributes before that calls it itself (a second call does nothing).
+
     Args:
         cache_dir: A complete cache directory (see :mod:`mer.cache`).
         fold: Index of the test subject in the sorted subject ids; None trains on every subject with no test
@@ -139,7 +144,8 @@ class LOSODataModule(pl.LightningDataModule):
             (0: none; every non-test subject trains). They are drawn at random (``seed``, ``fold``)
             from the training subjects, never include the test subject, and do not contribute to
             the normalisation scale. The AU graph is the fold's (all non-test subjects).
-        cache: An already-loaded cache (to share one in-memory copy across folds).
+        cache: An already-loaded cache (to share one in-memory copy across folds); None: :meth:`setup` loads
+            ``cache_dir``.
     """
 
     def __init__(
@@ -155,69 +161,94 @@ class LOSODataModule(pl.LightningDataModule):
         cache: Cache | None = None,
     ) -> None:
         super().__init__()
-        self.cache = cache if cache is not None else load_cache(cache_dir)
-        subjects = self.cache.subjects
-        if fold is not None and not 0 <= fold < len(subjects):
-            raise ValueError(f"fold {fold} out of range: the cache has {len(subjects)} subjects (folds 0..{len(subjects) - 1})")
+        self.cache_dir = cache_dir
         self.fold = fold
         self.batch_size = batch_size
+        self.test_alpha = test_alpha
+        self.normalize = normalize
+        self.permute_train_labels = permute_train_labels
         self.seed = seed
-        self.test_subject = None if fold is None else subjects[fold]
-        samples = self.cache.samples
-        training_subjects = [s for s in subjects if s != self.test_subject]
-        if not 0 <= val_subjects < len(training_subjects):
-            raise ValueError(f"val_subjects={val_subjects}: fold {fold} has {len(training_subjects)} training subjects, "
-                             f"at least one must remain for training")
-        stream = len(subjects) if fold is None else fold  # every subject trains: a stream no fold draws from
-        draw = np.random.default_rng([seed, stream]).permutation(len(training_subjects))[:val_subjects]
-        self.val_subjects = sorted(training_subjects[i] for i in draw)
-        subject_column = samples["subject"].astype(str)
-        is_test = (subject_column == self.test_subject).to_numpy()
-        is_val = subject_column.isin(self.val_subjects).to_numpy()
-        self.train_index = np.flatnonzero(~is_test & ~is_val)
-        self.val_index = np.flatnonzero(is_val)
-        self.test_index = np.flatnonzero(is_test)
-
-        self.representation = self.cache.representation
-        patches = torch.from_numpy(np.ascontiguousarray(self.cache.patches))
-        train_patches = patches[self.train_index]
-        # The scale comes from the training subjects only.
-        self.scale = float(train_patches.std()) if normalize else 1.0
-        if not np.isfinite(self.scale) or self.scale <= 0:
-            self.scale = 1.0
-        labels = torch.tensor(samples["class_index"].to_numpy(dtype=np.int64))
-        train_labels = labels[self.train_index]
-        if permute_train_labels:
-            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed + 7919))
-            train_labels = train_labels[order]
-        subjects_col = samples["subject"].astype(str).tolist()
-        clips_col = samples["clip"].astype(str).tolist()
-
-        def split(index: np.ndarray, split_labels: torch.Tensor, alpha_index: int | None) -> Dataset:
-            names = [subjects_col[i] for i in index], [clips_col[i] for i in index]
-            if self.representation == "flow_image":
-                return FlowImageDataset(patches[index] / self.scale, split_labels, *names)
-            return PatchDataset(patches[index] / self.scale, split_labels, *names, alpha_index=alpha_index, seed=seed)
-
-        self.test_alpha_index = None
-        if self.representation == "roi_patches":
-            alphas = [float(a) for a in self.cache.manifest["alphas"]]
-            test_alpha = float(self.cache.manifest["test_alpha"] if test_alpha is None else test_alpha)
-            self.test_alpha_index = alpha_index(alphas, test_alpha, "data.test_alpha", "the cached alphas")
-        self.train_set = split(self.train_index, train_labels, None)
-        self.val_set = split(self.val_index, labels[self.val_index], self.test_alpha_index)
-        self.test_set = split(self.test_index, labels[self.test_index], self.test_alpha_index)
+        self.num_val_subjects = val_subjects
+        self.cache = cache
         self._train_generator: torch.Generator | None = None
         self._resume_state: dict[str, Any] | None = None
-        if fold is None:
+        self._is_set_up = False
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cache (unless one was given) and build the fold: its split, scale, AU graph and datasets.
+
+        Sets ``test_subject``, ``val_subjects`` (the names), ``train_index`` / ``val_index`` / ``test_index``,
+        ``representation``, ``scale``, ``test_alpha_index``, ``train_set`` / ``val_set`` / ``test_set`` and
+        ``au_adjacency``. Call it before reading any of them; a second call (Lightning's, in ``fit`` and
+        ``test``) does nothing.
+
+        Args:
+            stage: Lightning's stage (``fit``, ``test``, ...); every stage gets the whole fold.
+
+        Raises:
+            ValueError: ``fold`` or ``val_subjects`` out of range (:func:`mer.training.splits.loso_split`), a
+                ``test_alpha`` the cache does not hold, or a fold AU graph of another test subject.
+        """
+        if self._is_set_up:
+            return
+        if self.cache is None:
+            self.cache = load_cache(self.cache_dir)
+        split = loso_split(self.cache.samples, self.fold, val_subjects=self.num_val_subjects, seed=self.seed,
+                           subjects=self.cache.subjects)
+        self.test_subject, self.val_subjects = split.test_subject, split.val_subjects
+        self.train_index, self.val_index, self.test_index = split.train_index, split.val_index, split.test_index
+        self.representation = self.cache.representation
+        patches = torch.from_numpy(np.ascontiguousarray(self.cache.patches))
+        self.scale = self._normalisation_scale(patches)
+        self.test_alpha_index = self._test_alpha_index()
+        self._build_datasets(patches)
+        self.au_adjacency = self._au_adjacency()
+        self._is_set_up = True
+
+    def _normalisation_scale(self, patches: torch.Tensor) -> float:
+        """The std of the training patches (the training subjects only), or 1 without ``normalize``."""
+        scale = float(patches[self.train_index].std()) if self.normalize else 1.0
+        return scale if np.isfinite(scale) and scale > 0 else 1.0
+
+    def _test_alpha_index(self) -> int | None:
+        """Index of the test α on the cache's α axis (None for flow images, which have no such axis)."""
+        if self.representation != "roi_patches":
+            return None
+        alphas = [float(a) for a in self.cache.manifest["alphas"]]
+        test_alpha = float(self.cache.manifest["test_alpha"] if self.test_alpha is None else self.test_alpha)
+        return alpha_index(alphas, test_alpha, "data.test_alpha", "the cached alphas")
+
+    def _build_datasets(self, patches: torch.Tensor) -> None:
+        """``train_set`` (labels permuted with ``permute_train_labels``), ``val_set`` and ``test_set``."""
+        samples = self.cache.samples
+        labels = torch.tensor(samples["class_index"].to_numpy(dtype=np.int64))
+        train_labels = labels[self.train_index]
+        if self.permute_train_labels:
+            order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(self.seed + 7919))
+            train_labels = train_labels[order]
+        names = samples["subject"].astype(str).tolist(), samples["clip"].astype(str).tolist()
+        self.train_set = self._dataset(patches, names, self.train_index, train_labels, None)
+        self.val_set = self._dataset(patches, names, self.val_index, labels[self.val_index], self.test_alpha_index)
+        self.test_set = self._dataset(patches, names, self.test_index, labels[self.test_index], self.test_alpha_index)
+
+    def _dataset(self, patches: torch.Tensor, names: tuple[list[str], list[str]], index: np.ndarray,
+                 labels: torch.Tensor, alpha_index: int | None) -> Dataset:
+        """One split's dataset: the rows ``index`` divided by the fold's scale, with their subjects and clips."""
+        subjects, clips = [names[0][i] for i in index], [names[1][i] for i in index]
+        if self.representation == "flow_image":
+            return FlowImageDataset(patches[index] / self.scale, labels, subjects, clips)
+        return PatchDataset(patches[index] / self.scale, labels, subjects, clips, alpha_index=alpha_index, seed=self.seed)
+
+    def _au_adjacency(self) -> np.ndarray:
+        """The fold's AU graph from the cache (training subjects only); over every clip with ``fold=None``."""
+        if self.fold is None:
             from mer.data.au_graph import cooccurrence
 
-            self.au_adjacency = cooccurrence(samples["aus"])  # every clip trains: every clip counts
-            return
-        graph = self.cache.fold_graph(fold)
+            return cooccurrence(self.cache.samples["aus"])  # every clip trains: every clip counts
+        graph = self.cache.fold_graph(self.fold)
         if str(graph["test_subject"]) != self.test_subject:
-            raise ValueError(f"AU graph of fold {fold} is for {graph['test_subject']}, expected {self.test_subject}")
-        self.au_adjacency = np.asarray(graph["adjacency"], dtype=np.float32)
+            raise ValueError(f"AU graph of fold {self.fold} is for {graph['test_subject']}, expected {self.test_subject}")
+        return np.asarray(graph["adjacency"], dtype=np.float32)
 
     @property
     def num_classes(self) -> int:

@@ -77,34 +77,85 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         ResumeMismatchError: The fold's files belong to another configuration (and ``resume`` is true).
     """
     out_dir = Path(out_dir)
-    if cfg.get("resume", True):
-        check_resumable(cfg, out_dir, fold, fold_identity(cfg, cache))
-        done = read_fold_predictions(out_dir, fold)
-        if done is not None:
-            return done
-    else:
-        discard_fold(out_dir, fold)
+    done = _finished_predictions(cfg, fold, cache, out_dir)
+    if done is not None:
+        return done
     start = time.perf_counter()
-    fold_dir = _fold_dir(out_dir, fold)
     monitor = selection_monitor(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    data = _fold_datamodule(cfg, fold, cache)
+    module = _fold_module(cfg, data)
+    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
+                    val_subjects=data.val_subjects, cfg=cfg)
+    checkpoint_dir = _fold_dir(out_dir, fold) / "checkpoints"
+    callbacks, best = _fold_callbacks(cfg, checkpoint_dir, monitor, progress)
+    last = checkpoint_dir / "last.ckpt"
+    trainer = _fold_trainer(cfg, fold, data, out_dir, callbacks, last, wandb_group)
+    # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
+    # torch.load's default weights_only=True refuses.
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
+    # What the leaderboard reports beside the scores (a resumed fold counts this run's training only).
+    update_fold_info(out_dir, fold, parameters=count_parameters(module.model),
+                     train_seconds=round(time.perf_counter() - fit_start, 3))
+    if best is not None:
+        _load_best_epoch(module, best, monitor, trainer, data, out_dir, fold)
+    table = _test_fold(trainer, module, data)
+    if table is None:
+        return None
+    if cfg.get("save_checkpoints", False):  # the tested model, self-contained (mer/training/checkpoint.py)
+        save_fold_checkpoint(cfg, cache, data, module.model, out_dir, fold)
+    close_loggers(trainer.loggers)
+    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
+                                  seconds=time.perf_counter() - start)
+
+
+def _finished_predictions(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path) -> pd.DataFrame | None:
+    """The fold's predictions when ``resume`` finds them written by this configuration; else None.
+
+    Without ``resume`` the fold's files are removed instead.
+
+    Raises:
+        ResumeMismatchError: The fold's files belong to another configuration (and ``resume`` is true).
+    """
+    if cfg.get("resume", True):
+        check_resumable(cfg, out_dir, fold, fold_identity(cfg, cache))
+        return read_fold_predictions(out_dir, fold)
+    discard_fold(out_dir, fold)
+    return None
+
+
+def _fold_datamodule(cfg: DictConfig, fold: int, cache: Cache) -> LOSODataModule:
+    """The fold's :class:`LOSODataModule` from the ``data`` settings, set up (its attributes are readable)."""
     data = LOSODataModule(
         cache.directory, fold, batch_size=int(cfg.data.batch_size), test_alpha=cfg.data.test_alpha,
         normalize=bool(cfg.data.normalize), permute_train_labels=bool(cfg.data.permute_train_labels),
         seed=int(cfg.seed), val_subjects=int(cfg.data.get("val_subjects", 0) or 0), cache=cache,
     )
-    module = MERModule(
+    data.setup()
+    return data
+
+
+def _fold_module(cfg: DictConfig, data: LOSODataModule) -> MERModule:
+    """A fresh :class:`MERModule` for the fold ``data`` serves (its AU graph, input shape and classes)."""
+    return MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
         data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
         optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
         input_shape=data.input_shape, compile=bool(cfg.trainer.get("compile", False)),
     )
-    write_fold_info(out_dir, fold, data.test_subject, cache, len(data.train_set), len(data.test_set),
-                    val_subjects=data.val_subjects, cfg=cfg)
+
+
+def _fold_callbacks(cfg: DictConfig, checkpoint_dir: Path, monitor: str | None,
+                    progress: RunProgress | None) -> tuple[list[pl.Callback], ModelCheckpoint | None]:
+    """The configured callbacks, the per-epoch ``last`` checkpoint, the ``best`` one and the progress counter.
+
+    Returns:
+        The callbacks, and the ``best`` checkpoint callback (None without a selection monitor).
+    """
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
     # validation split it is also the model tested (nothing is selected on the test subject).
-    checkpoint_dir = fold_dir / "checkpoints"
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
                                      every_n_epochs=1, enable_version_counter=False))
     best = None
@@ -116,7 +167,12 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         callbacks.append(best)
     if progress is not None:
         callbacks.append(progress.callback())
-    last = checkpoint_dir / "last.ckpt"
+    return callbacks, best
+
+
+def _fold_trainer(cfg: DictConfig, fold: int, data: LOSODataModule, out_dir: Path, callbacks: list[pl.Callback],
+                  last: Path, wandb_group: str | None) -> pl.Trainer:
+    """The fold's Lightning trainer, with its loggers (trimmed to the finished epochs when ``last`` exists)."""
     trainer_args = {**lightning_trainer_args(cfg), "enable_checkpointing": True}
     if len(data.val_set) == 0:
         trainer_args.update(limit_val_batches=0, num_sanity_val_steps=0)
@@ -125,33 +181,28 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
         resumed_epoch = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
         log.info("fold %d resumes from %s (after epoch %d)", fold, last, resumed_epoch)
         _keep_logged_epochs(loggers, resumed_epoch)
-    trainer = pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
-    # The checkpoint is this run's own file; it holds the model config (an omegaconf object), which
-    # torch.load's default weights_only=True refuses.
-    fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=False)
-    # What the leaderboard reports beside the scores (a resumed fold counts this run's training only).
-    update_fold_info(out_dir, fold, parameters=count_parameters(module.model),
-                     train_seconds=round(time.perf_counter() - fit_start, 3))
-    if best is not None:
-        selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
-        module.load_state_dict(selected["state_dict"])
-        # Lightning numbers epochs from 0, as in the CSV logs; fold.json keeps that numbering.
-        log.info("fold %d tests epoch %d/%d (best %s = %.4f on validation subjects %s)", fold, selected["epoch"] + 1,
-                 trainer.current_epoch, monitor, float(best.best_model_score), ", ".join(data.val_subjects))
-        update_fold_info(out_dir, fold, selected_epoch=int(selected["epoch"]), selection_monitor=monitor,
-                         selection_score=float(best.best_model_score))
+    return pl.Trainer(**trainer_args, logger=loggers or False, callbacks=callbacks, default_root_dir=str(out_dir))
+
+
+def _load_best_epoch(module: MERModule, best: ModelCheckpoint, monitor: str, trainer: pl.Trainer,
+                     data: LOSODataModule, out_dir: Path, fold: int) -> None:
+    """Put the epoch best on the validation subjects back into ``module`` and record it in ``fold.json``."""
+    selected = torch.load(best.best_model_path, map_location=module.device, weights_only=False)
+    module.load_state_dict(selected["state_dict"])
+    # Lightning numbers epochs from 0, as in the CSV logs; fold.json keeps that numbering.
+    log.info("fold %d tests epoch %d/%d (best %s = %.4f on validation subjects %s)", fold, selected["epoch"] + 1,
+             trainer.current_epoch, monitor, float(best.best_model_score), ", ".join(data.val_subjects))
+    update_fold_info(out_dir, fold, selected_epoch=int(selected["epoch"]), selection_monitor=monitor,
+                     selection_score=float(best.best_model_score))
+
+
+def _test_fold(trainer: pl.Trainer, module: MERModule, data: LOSODataModule) -> pd.DataFrame | None:
+    """The test subject's predictions; None in the ranks of a multi-process run other than rank 0."""
     if trainer.world_size > 1:
         # Lightning's test loop would shard (and pad) the test clips across the processes: rank 0
         # tests them all by itself instead, and the other ranks go on to the next fold.
         if not trainer.is_global_zero:
             return None
-        table = _test_alone(module, data)
-    else:
-        trainer.test(module, datamodule=data, verbose=False)
-        table = pd.DataFrame(module.test_records)
-    if cfg.get("save_checkpoints", False):  # the tested model, self-contained (mer/training/checkpoint.py)
-        save_fold_checkpoint(cfg, cache, data, module.model, out_dir, fold)
-    close_loggers(trainer.loggers)
-    return write_fold_predictions(cfg, fold, data.test_subject, table, out_dir, cache.samples,
-                                  seconds=time.perf_counter() - start)
+        return _test_alone(module, data)
+    trainer.test(module, datamodule=data, verbose=False)
+    return pd.DataFrame(module.test_records)

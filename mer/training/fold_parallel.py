@@ -34,7 +34,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,7 @@ def fold_splits(
     for fold in folds:
         data = LOSODataModule(cache.directory, fold, normalize=normalize, permute_train_labels=permute_train_labels,
                               seed=seed, test_alpha=test_alpha, cache=cache)
+        data.setup()
         splits.append(FoldSplit(
             fold=fold, test_subject=data.test_subject,
             train_rows=torch.as_tensor(data.train_index, dtype=torch.long), train_labels=data.train_set.labels.clone(),
@@ -434,17 +435,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     Returns:
         The prediction tables of ``folds``, in order.
     """
-    from mer.training.artifacts import (
-        ResumeMismatchError,
-        check_resumable,
-        discard_fold,
-        fold_identity,
-        read_fold_predictions,
-        update_fold_info,
-        write_fold_info,
-        write_fold_predictions,
-    )
-    from mer.training.loggers import close_loggers, fold_loggers
+    from mer.training.artifacts import fold_identity, write_fold_info
 
     out_dir = Path(out_dir)
     if cfg.get("callbacks"):
@@ -452,14 +443,8 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     device = training_device(cfg.trainer)
     resume = bool(cfg.get("resume", True))
     identity = fold_identity(cfg, cache)
-    for f in folds:
-        if resume:
-            check_resumable(cfg, out_dir, f, identity)
-        else:
-            discard_fold(out_dir, f)
-    done = {f: read_fold_predictions(out_dir, f) for f in folds if resume}
-    pending = [f for f in folds if done.get(f) is None]
-    tables = {f: table for f, table in done.items() if table is not None}
+    tables = _finished_tables(cfg, out_dir, folds, resume, identity)
+    pending = [f for f in folds if tables.get(f) is None]
     if progress is not None:
         progress.advance(len(tables) * int(cfg.trainer.max_epochs))
     if not pending:
@@ -473,6 +458,57 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
     for split in splits:
         write_fold_info(out_dir, split.fold, split.test_subject, cache, len(split.train_rows), len(split.test_rows),
                         cfg=cfg)
+    stacked, parameters = _stacked_fold_models(cfg, cache, splits, device)
+    data = FoldData(cache.patches, splits, test_alpha_index, device)
+    batches = FoldBatches([len(s.train_rows) for s in splits], int(cfg.data.batch_size), cache.patches.shape[1],
+                          int(cache.patches.shape[2]), seed)
+    max_epochs = int(cfg.trainer.max_epochs)
+    checkpoint = out_dir / CHECKPOINT
+    start_epoch, history = _resume_stacked_state(checkpoint, resume, pending, identity, stacked, batches, device)
+    on_epoch_end = _epoch_end_hook(cfg, checkpoint, pending, identity, stacked, batches, device, history, progress)
+    log.info("fold-parallel training of folds %s on %s: %d steps per epoch, %d epochs", pending, device,
+             len(batches.step_sizes), max_epochs)
+    if progress is not None:
+        progress.advance(start_epoch * len(pending))
+    started = time.perf_counter()
+    history = history + train_stacked(stacked, data, batches, max_epochs, len(cache.manifest["classes"]),
+                                      start_epoch=start_epoch, on_epoch_end=on_epoch_end,
+                                      log_epochs=progress is None or not progress.quiet)
+    # The folds trained as one: each fold's share of the joint training time, so that the folds' sum is the wall time.
+    train_seconds = round((time.perf_counter() - started) / len(pending), 3)
+    tables.update(_write_fold_results(cfg, cache, out_dir, stacked, data, history, parameters, train_seconds,
+                                      wandb_group))
+    log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
+    checkpoint.unlink(missing_ok=True)
+    return [tables[f] for f in folds]
+
+
+def _finished_tables(cfg: DictConfig, out_dir: Path, folds: Sequence[int], resume: bool,
+                     identity: dict[str, Any]) -> dict[int, pd.DataFrame]:
+    """The predictions of the folds already done (``resume``); without ``resume`` every fold's files are removed.
+
+    Raises:
+        ResumeMismatchError: A fold's files belong to another configuration (and ``resume`` is true).
+    """
+    from mer.training.artifacts import check_resumable, discard_fold, read_fold_predictions
+
+    for f in folds:
+        if resume:
+            check_resumable(cfg, out_dir, f, identity)
+        else:
+            discard_fold(out_dir, f)
+    done = {f: read_fold_predictions(out_dir, f) for f in folds if resume}
+    return {f: table for f, table in done.items() if table is not None}
+
+
+def _stacked_fold_models(cfg: DictConfig, cache: Cache, splits: Sequence[FoldSplit],
+                         device: torch.device) -> tuple[StackedModels, int]:
+    """One model per fold (each with its own AU graph), built as the sequential path builds it, stacked.
+
+    Returns:
+        The stacked models with their optimiser, and the trainable parameters of one fold's model.
+    """
+    seed = int(cfg.seed)
     class_names = list(cache.manifest["classes"])
     region_sizes = list(cache.manifest["region_sizes"])
     num_paths, in_channels = int(cache.patches.shape[2]), int(cache.patches.shape[4])
@@ -484,37 +520,57 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
                                   num_classes=len(class_names), in_channels=in_channels, au_adjacency=split.au_adjacency))
     parameters = count_parameters(models[0])
     pl.seed_everything(seed, workers=True, verbose=False)
-    lr, weight_decay = float(cfg.optim.lr), float(cfg.optim.weight_decay)
-    stacked = StackedModels(models, lr=lr, weight_decay=weight_decay, device=device,
+    stacked = StackedModels(models, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), device=device,
                             optimizer=str(cfg.optim.get("name", "adam")),
                             momentum=float(cfg.optim.get("momentum", 0.0)))
-    del models
-    data = FoldData(cache.patches, splits, test_alpha_index, device)
-    batch_size = int(cfg.data.batch_size)
-    batches = FoldBatches([len(s.train_rows) for s in splits], batch_size, cache.patches.shape[1], num_paths, seed)
-    max_epochs = int(cfg.trainer.max_epochs)
+    return stacked, parameters
 
-    checkpoint = out_dir / CHECKPOINT
-    start_epoch, history = 0, []
+
+def _resume_stacked_state(checkpoint: Path, resume: bool, pending: list[int], identity: dict[str, Any],
+                          stacked: StackedModels, batches: FoldBatches,
+                          device: torch.device) -> tuple[int, list[EpochRecord]]:
+    """Load the saved stacked state when it holds ``pending`` (``resume``); without ``resume`` delete it.
+
+    Returns:
+        The first epoch to run and the records of the epochs already run (0 and none when nothing resumes).
+
+    Raises:
+        ResumeMismatchError: The saved state of these folds belongs to another configuration.
+    """
+    from mer.training.artifacts import ResumeMismatchError
+
     if checkpoint.is_file() and not resume:
         checkpoint.unlink()
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["folds"] == pending and state.get("identity") != identity:
-            raise ResumeMismatchError(
-                f"{checkpoint} holds the training state of another configuration (or records none); resuming "
-                f"would continue it with this one. Write to another folder (paths.output_dir=...), or pass "
-                f"resume=false to start these folds again.")
-        if state["folds"] == pending:
-            stacked.load_state_dict(state["stacked"])
-            batches.load_state_dict(state["batches"])
-            torch.set_rng_state(state["rng"])
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start_epoch, history = int(state["epoch"]) + 1, state["history"]
-            log.info("fold-parallel run resumes after epoch %d from %s", start_epoch, checkpoint)
-        else:
-            log.info("ignoring %s: it holds folds %s, this run trains %s", checkpoint, state["folds"], pending)
+    if not checkpoint.is_file():
+        return 0, []
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    if state["folds"] == pending and state.get("identity") != identity:
+        raise ResumeMismatchError(
+            f"{checkpoint} holds the training state of another configuration (or records none); resuming "
+            f"would continue it with this one. Write to another folder (paths.output_dir=...), or pass "
+            f"resume=false to start these folds again.")
+    if state["folds"] != pending:
+        log.info("ignoring %s: it holds folds %s, this run trains %s", checkpoint, state["folds"], pending)
+        return 0, []
+    stacked.load_state_dict(state["stacked"])
+    batches.load_state_dict(state["batches"])
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    start_epoch = int(state["epoch"]) + 1
+    log.info("fold-parallel run resumes after epoch %d from %s", start_epoch, checkpoint)
+    return start_epoch, state["history"]
+
+
+def _epoch_end_hook(cfg: DictConfig, checkpoint: Path, pending: list[int], identity: dict[str, Any],
+                    stacked: StackedModels, batches: FoldBatches, device: torch.device, history: list[EpochRecord],
+                    progress: Any) -> Callable[[int, list[EpochRecord]], None]:
+    """``on_epoch_end`` of :func:`train_stacked`: save the stacked state, count the epoch.
+
+    The state (``history`` being the records of the epochs resumed from) is saved atomically to ``checkpoint``
+    at most every ``trainer.fold_parallel_checkpoint_s`` seconds, and never after the last epoch.
+    """
+    max_epochs = int(cfg.trainer.max_epochs)
     interval = float(cfg.trainer.get("fold_parallel_checkpoint_s", 300))
     last_save = time.monotonic()
 
@@ -537,30 +593,34 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
         if progress is not None:
             progress.advance(len(pending))
 
-    log.info("fold-parallel training of folds %s on %s: %d steps per epoch, %d epochs", pending, device,
-             len(batches.step_sizes), max_epochs)
-    if progress is not None:
-        progress.advance(start_epoch * len(pending))
-    started = time.perf_counter()
-    history = history + train_stacked(stacked, data, batches, max_epochs, len(class_names), start_epoch=start_epoch,
-                                      on_epoch_end=on_epoch_end, log_epochs=progress is None or not progress.quiet)
+    return on_epoch_end
 
-    # The folds trained as one: each fold's share of the joint training time, so that the folds' sum is the wall time.
-    train_seconds = round((time.perf_counter() - started) / len(pending), 3)
+
+def _write_fold_results(cfg: DictConfig, cache: Cache, out_dir: Path, stacked: StackedModels, data: FoldData,
+                        history: list[EpochRecord], parameters: int, train_seconds: float,
+                        wandb_group: str | None) -> dict[int, pd.DataFrame]:
+    """Test every stacked fold and write its files (logs, ``fold.json``, model, predictions) as run_fold does.
+
+    Returns:
+        fold index -> the fold's prediction table, as written.
+    """
+    from mer.training.artifacts import update_fold_info, write_fold_predictions
+    from mer.training.loggers import close_loggers, fold_loggers
+
+    class_names = list(cache.manifest["classes"])
     samples = cache.samples
     subjects, clips = samples["subject"].astype(str).to_numpy(), samples["clip"].astype(str).to_numpy()
-    for f, split in enumerate(splits):
+    tables = {}
+    for f, split in enumerate(data.splits):
         rows = split.test_rows.numpy()
-        table = predictions_table(stacked, data, f, subjects[rows], clips[rows], class_names, batch_size)
+        table = predictions_table(stacked, data, f, subjects[rows], clips[rows], class_names, int(cfg.data.batch_size))
         fold_test = fold_test_metrics(table, len(class_names))
         _log_history(cfg, split.fold, history, f, fold_test, wandb_group, fold_loggers, close_loggers)
         update_fold_info(out_dir, split.fold, parameters=parameters, train_seconds=train_seconds)
         if cfg.get("save_checkpoints", False):
             _save_fold_checkpoint(cfg, cache, stacked, split, f, out_dir)
         tables[split.fold] = write_fold_predictions(cfg, split.fold, split.test_subject, table, out_dir, cache.samples)
-    log.info("fold-parallel: %d folds trained together in %.0f s", len(pending), time.perf_counter() - started)
-    checkpoint.unlink(missing_ok=True)
-    return [tables[f] for f in folds]
+    return tables
 
 
 def _save_fold_checkpoint(cfg: DictConfig, cache: Cache, stacked: StackedModels, split: FoldSplit, f: int,
