@@ -846,23 +846,13 @@ def _dense_field(subject: Subject, displacement: np.ndarray, size: int) -> np.nd
     return (subject.design @ tps_fit(subject.centers, values)).astype(np.float32).reshape(size, size, 2)
 
 
-def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, options: GeneratorOptions,
-                clip_dir: Path, seed: np.random.SeedSequence | None = None) -> dict[str, Any]:
-    """Write one clip's frames as ``img<k>.jpg`` and return its ground truth (see the module docstring).
+def _apex_displacement(subject: Subject, clip: ClipSpec, rng: np.random.Generator, options: GeneratorOptions,
+                       seed: np.random.SeedSequence | None) -> np.ndarray:
+    """(68, 2) landmark displacements at the apex, scaled so that the strongest landmark moves the drawn amplitude.
 
-    Args:
-        subject: the identity.
-        clip: what the clip shows.
-        rng: the clip's stream.
-        options: generator settings.
-        clip_dir: folder of the frames.
-        seed: the seed of ``rng``; the difficulty knobs draw from streams below it (needed when one is on).
+    Draws the AU intensities and the amplitude from ``rng`` (then, with ``apex_displacement_distribution =
+    "lognormal"``, the amplitude from the knob's own stream below ``seed``).
     """
-    size = options.frame_size
-    frame_numbers = np.arange(clip.first_frame, clip.last_frame + 1)
-    count = len(frame_numbers)
-
-    # Landmark displacements at the apex, scaled so that the strongest landmark moves `amplitude` pixels.
     intensities = rng.uniform(*options.au_intensity, len(clip.aus))
     relative = au_displacements(clip.aus, intensities, dict(clip.laterality), subject.side, subject.rotation,
                                 subject.style)
@@ -873,57 +863,93 @@ def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, opti
         amplitude = float(np.clip(np.exp(draw), *options.apex_displacement_px))
     if subject.style is not None:
         amplitude *= subject.style.amplitude_gain
-    apex_displacement = relative * amplitude / np.linalg.norm(relative, axis=1).max()
+    return relative * amplitude / np.linalg.norm(relative, axis=1).max()
 
-    # Dense forward field at the apex: the spline through the landmark displacements, border anchored at zero.
-    forward = _dense_field(subject, apex_displacement, size)
 
-    profile = intensity_profile(frame_numbers, clip.onset, clip.apex, clip.offset)
-    head = _head_walk(rng, count, clip.onset - clip.first_frame, options,
-                      _knob_rng(seed, "head_jump") if options.head_jump_probability > 0 else None)
-    distractors = []
+def _clip_distractors(subject: Subject, clip: ClipSpec, options: GeneratorOptions,
+                      seed: np.random.SeedSequence | None) -> list[dict[str, Any]]:
+    """The clip's distractors (:func:`draw_distractors`, each from its knob's stream below ``seed``); none when
+    both knobs are off."""
     if options.blink_probability > 0 or options.mouth_movement_probability > 0:
-        distractors = draw_distractors(
+        return draw_distractors(
             _knob_rng(seed, "blink") if options.blink_probability > 0 else None,
             _knob_rng(seed, "mouth") if options.mouth_movement_probability > 0 else None, clip, subject, options)
-    # Per distractor: its dense field and its intensity per frame.
-    distractor_fields = [(_dense_field(subject, d["displacement"], size),
-                          intensity_profile(frame_numbers, d["start"], d["peak"], d["end"])) for d in distractors]
-    drift = 1.0 + rng.uniform(-1, 1) * options.illumination_drift * np.linspace(0, 1, count)
-    pivot = subject.landmarks.mean(0)
-    grid = _pixel_grid(size).astype(np.float32).reshape(size, size, 2)
-    encode = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
-    clip_dir.mkdir(parents=True, exist_ok=True)
-    for index, (frame, strength, (dx, dy, angle), gain) in enumerate(zip(frame_numbers, profile, head, drift)):
-        # Undo the head motion (forward: q = R (p - c) + c + t, so p = R^T q + c - R^T (c + t)) ...
-        undo_rotation = _rotation(angle).T
-        undo_head = np.hstack([undo_rotation, (pivot - undo_rotation @ (pivot + (dx, dy)))[:, None]])
-        face_positions = cv2.transform(grid, undo_head)
-        # ... then the expression (and the distractors: one field, the sum of each at its own intensity).
-        if distractor_fields:
-            field_now = forward * np.float32(strength)
-            for distractor_field, distractor_profile in distractor_fields:
-                field_now += distractor_field * np.float32(distractor_profile[index])
-            # The eyelids' field is steeper than the AUs': a few more fixed-point steps for the same precision.
-            neutral = undo_expression(face_positions, field_now, 1.0, steps=6)
-        else:
-            neutral = undo_expression(face_positions, forward, strength)
-        image = _remap(subject.source, _remap(subject.source_map, neutral), cv2.INTER_CUBIC)  # (S, S, 3) in [0, 1]
-        image *= subject.shading
-        image *= np.float32(gain * 255.0)
-        if options.grayscale:  # the camera's luminance; the sensor noise is then on that one channel
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-        noise = rng.standard_normal(image.shape, dtype=np.float32)
-        noise *= np.float32(options.noise_sigma)
-        image += noise
-        pixels = np.clip(np.rint(image, out=image), 0, 255, out=image).astype(np.uint8)
-        ok, encoded = cv2.imencode(".jpg", pixels if options.grayscale else pixels[..., ::-1], encode)  # RGB -> BGR
-        if not ok:
-            raise RuntimeError(f"JPEG encoding failed for {clip_dir}/img{frame}.jpg")
-        (clip_dir / f"img{frame}.jpg").write_bytes(encoded.tobytes())
+    return []
 
+
+def _undo_head(grid: np.ndarray, pivot: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """(S, S, 2) float32 positions on the still face of the ``grid`` pixels, given the head pose (dx, dy, angle).
+
+    The head moves a point by q = R (p - c) + c + t about the ``pivot`` c, so p = R^T q + c - R^T (c + t).
+    """
+    dx, dy, angle = pose
+    undo_rotation = _rotation(angle).T
+    undo_head = np.hstack([undo_rotation, (pivot - undo_rotation @ (pivot + (dx, dy)))[:, None]])
+    return cv2.transform(grid, undo_head)
+
+
+def _neutral_positions(face_positions: np.ndarray, forward: np.ndarray, strength: float,
+                       distractor_fields: list[tuple[np.ndarray, np.ndarray]], index: int) -> np.ndarray:
+    """Undo the expression at ``strength`` (and the distractors at frame ``index``) from ``face_positions``.
+
+    Args:
+        face_positions: (S, S, 2) float32 positions on the still, expressive face.
+        forward: (S, S, 2) float32 apex forward field of the expression.
+        strength: the expression's intensity at this frame.
+        distractor_fields: (dense field, intensity per frame) per distractor.
+        index: the frame's index in the clip.
+
+    Returns:
+        (S, S, 2) float32 positions on the neutral face.
+    """
+    if distractor_fields:  # one field, the sum of each at its own intensity
+        field_now = forward * np.float32(strength)
+        for distractor_field, distractor_profile in distractor_fields:
+            field_now += distractor_field * np.float32(distractor_profile[index])
+        # The eyelids' field is steeper than the AUs': a few more fixed-point steps for the same precision.
+        return undo_expression(face_positions, field_now, 1.0, steps=6)
+    return undo_expression(face_positions, forward, strength)
+
+
+def _shade_frame(subject: Subject, neutral: np.ndarray, gain: float, rng: np.random.Generator,
+                 options: GeneratorOptions) -> np.ndarray:
+    """(S, S, 3) RGB or (S, S) gray uint8 frame: the source face sampled at ``neutral``, shaded, lit by ``gain``,
+    with sensor noise drawn from ``rng``."""
+    image = _remap(subject.source, _remap(subject.source_map, neutral), cv2.INTER_CUBIC)  # (S, S, 3) in [0, 1]
+    image *= subject.shading
+    image *= np.float32(gain * 255.0)
+    if options.grayscale:  # the camera's luminance; the sensor noise is then on that one channel
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    noise = rng.standard_normal(image.shape, dtype=np.float32)
+    noise *= np.float32(options.noise_sigma)
+    image += noise
+    return np.clip(np.rint(image, out=image), 0, 255, out=image).astype(np.uint8)
+
+
+def _write_frame(clip_dir: Path, frame: int, pixels: np.ndarray, options: GeneratorOptions) -> None:
+    """Write ``pixels`` (RGB or gray) as ``clip_dir/img<frame>.jpg`` at ``jpeg_quality``."""
+    encode = [cv2.IMWRITE_JPEG_QUALITY, options.jpeg_quality]
+    ok, encoded = cv2.imencode(".jpg", pixels if options.grayscale else pixels[..., ::-1], encode)  # RGB -> BGR
+    if not ok:
+        raise RuntimeError(f"JPEG encoding failed for {clip_dir}/img{frame}.jpg")
+    (clip_dir / f"img{frame}.jpg").write_bytes(encoded.tobytes())
+
+
+def _clip_truth(subject: Subject, clip: ClipSpec, options: GeneratorOptions, apex_displacement: np.ndarray,
+                apex_pose: np.ndarray, pivot: np.ndarray, distractors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clip's ground truth (see the module docstring).
+
+    Args:
+        subject: the identity.
+        clip: what the clip shows.
+        options: generator settings (knob records only when their knob is on).
+        apex_displacement: (68, 2) expression displacement of the landmarks at the apex.
+        apex_pose: the head pose (dx, dy, angle) at the apex.
+        pivot: the head rotation's centre.
+        distractors: the clip's distractors.
+    """
     # What the head motion moves the landmarks by at the apex (forward: q = R (p - c) + c + t).
-    dx, dy, angle = head[clip.apex - clip.first_frame]
+    dx, dy, angle = apex_pose
     moved = (subject.landmarks + apex_displacement - pivot) @ _rotation(angle).T + pivot + (dx, dy)
     truth = {
         "subject": subject.name, "clip": clip.name, "aus": list(clip.aus), "au_code": clip.au_code,
@@ -939,6 +965,44 @@ def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, opti
     if options.blink_probability > 0 or options.mouth_movement_probability > 0:
         truth["distractors"] = [{**d, "displacement": _rounded(d["displacement"])} for d in distractors]
     return truth
+
+
+def render_clip(subject: Subject, clip: ClipSpec, rng: np.random.Generator, options: GeneratorOptions,
+                clip_dir: Path, seed: np.random.SeedSequence | None = None) -> dict[str, Any]:
+    """Write one clip's frames as ``img<k>.jpg`` and return its ground truth (see the module docstring).
+
+    Args:
+        subject: the identity.
+        clip: what the clip shows.
+        rng: the clip's stream.
+        options: generator settings.
+        clip_dir: folder of the frames.
+        seed: the seed of ``rng``; the difficulty knobs draw from streams below it (needed when one is on).
+    """
+    size = options.frame_size
+    frame_numbers = np.arange(clip.first_frame, clip.last_frame + 1)
+    count = len(frame_numbers)
+    # The draws from `rng` stay in this order: AU intensities and amplitude, head walk, drift, each frame's noise.
+    apex_displacement = _apex_displacement(subject, clip, rng, options, seed)
+    # Dense forward field at the apex: the spline through the landmark displacements, border anchored at zero.
+    forward = _dense_field(subject, apex_displacement, size)
+    profile = intensity_profile(frame_numbers, clip.onset, clip.apex, clip.offset)
+    head = _head_walk(rng, count, clip.onset - clip.first_frame, options,
+                      _knob_rng(seed, "head_jump") if options.head_jump_probability > 0 else None)
+    distractors = _clip_distractors(subject, clip, options, seed)
+    # Per distractor: its dense field and its intensity per frame.
+    distractor_fields = [(_dense_field(subject, d["displacement"], size),
+                          intensity_profile(frame_numbers, d["start"], d["peak"], d["end"])) for d in distractors]
+    drift = 1.0 + rng.uniform(-1, 1) * options.illumination_drift * np.linspace(0, 1, count)
+    pivot = subject.landmarks.mean(0)
+    grid = _pixel_grid(size).astype(np.float32).reshape(size, size, 2)
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    for index, (frame, strength, pose, gain) in enumerate(zip(frame_numbers, profile, head, drift)):
+        # Undo the head motion, then the expression (and the distractors).
+        neutral = _neutral_positions(_undo_head(grid, pivot, pose), forward, strength, distractor_fields, index)
+        _write_frame(clip_dir, frame, _shade_frame(subject, neutral, gain, rng, options), options)
+    return _clip_truth(subject, clip, options, apex_displacement, head[clip.apex - clip.first_frame], pivot,
+                       distractors)
 
 
 def _rounded(array: np.ndarray) -> list[list[float]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,6 +224,176 @@ def _read_predictions(files: dict[int, Path]) -> pd.DataFrame:
     )
 
 
+class _Coverage(NamedTuple):
+    """Which folds a configuration's seeds found: ``expected`` folds (None when no fold started), its ``seeds`` in
+    order and each seed's ``missing`` folds."""
+
+    expected: int | None
+    seeds: list[Any]
+    missing: dict[Any, list[int]]
+
+
+def _coverage(group: dict[str, Any]) -> _Coverage:
+    """The :class:`_Coverage` of one configuration collected by :func:`_collect`."""
+    expected = max(group["expected"]) if group["expected"] else None
+    seeds = sorted(group["seeds"], key=lambda seed: (seed is None, str(seed) if seed is None else seed))
+    missing = {seed: sorted(set(range(expected)) - set(group["seeds"][seed])) if expected else [] for seed in seeds}
+    return _Coverage(expected, seeds, missing)
+
+
+def _unscored_row(group: dict[str, Any], name: str, coverage: _Coverage) -> dict[str, Any]:
+    """A configuration's row of :func:`aggregate_sweep` before any pooling: its folds found and missing, no figures.
+
+    Args:
+        group: The configuration, as :func:`_collect` groups it.
+        name: Its display name.
+        coverage: Its folds found per seed.
+
+    Returns:
+        The row, with every figure None and ``num_seeds`` 0.
+    """
+    seeds, missing_by_seed = coverage.seeds, coverage.missing
+    found_counts = [len(group["seeds"][seed]) for seed in seeds]
+    return {
+        "name": name, "label": configuration_label(group["overrides"]), "key": group["key"], "seeds": seeds,
+        "num_seeds": 0, "folds_found": min(found_counts) if found_counts else 0, "folds_expected": coverage.expected,
+        "missing_folds": sorted(set().union(*missing_by_seed.values())) if seeds else [],
+        "missing_by_seed": {str(seed): missing for seed, missing in missing_by_seed.items() if missing},
+        "complete": coverage.expected is not None and not any(missing_by_seed.values()) and bool(seeds),
+        "uf1": None, "uar": None, "accuracy": None, "uf1_std": None, "uar_std": None,
+        "accuracy_std": None, "ci": None, "per_seed": [], "summary_dir": None,
+        "parameters": None, "train_seconds": None, "per_source_uf1": None,
+    }
+
+
+def _pool_seed(name: str, seed: Any, files: dict[int, Path], coverage: _Coverage, config: dict[str, Any],
+               target: Path, several: bool) -> tuple[dict[str, Any], tuple | None]:
+    """Pool one seed's fold predictions of a configuration.
+
+    Args:
+        name: The configuration's display name.
+        seed: The seed.
+        files: The seed's ``predictions.csv`` per fold.
+        coverage: The configuration's folds found per seed.
+        config: The configuration (:func:`configuration` of a job's config).
+        target: Where the seed's summary files go.
+        several: Whether the configuration has several seeds (the title names the seed then).
+
+    Returns:
+        The seed's entry of ``per_seed`` (with ``error`` when its folds could not be pooled), and the
+        ``(predictions, classes, title, target)`` of its summary (None when it has none to write).
+    """
+    expected, missing = coverage.expected, coverage.missing[seed]
+    entry: dict[str, Any] = {"seed": seed, "folds_found": len(files), "folds_expected": expected,
+                             "missing_folds": missing, "complete": expected is not None and not missing,
+                             "uf1": None, "uar": None, "accuracy": None, "ci": None}
+    if not files:
+        return entry, None
+    predictions = _read_predictions(files)
+    classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
+    title = f"{name}" + (f", seed {seed}" if several else "") + f": {len(files)}/{expected or '?'} folds"
+    if not entry["complete"]:
+        title += f" (INCOMPLETE: missing folds {missing})" if missing else " (INCOMPLETE)"
+    try:
+        summary = summarise(predictions, classes, config)  # to catch a missing class before writing
+    except ValueError as error:  # e.g. a class absent from the folds found so far
+        entry["error"] = str(error)
+        return entry, None
+    entry.update({k: summary[k] for k in ("uf1", "uar", "accuracy", "ci")}, **training_cost(list(files.values())))
+    if "per_dataset" in summary:
+        entry["per_source_uf1"] = {source: m["uf1"] for source, m in summary["per_dataset"].items()}
+    return entry, (predictions, classes, title, target)
+
+
+def _write_seed_summaries(group: dict[str, Any], row: dict[str, Any], coverage: _Coverage, config: dict[str, Any],
+                          summaries: dict[Any, tuple], over_seeds: dict[str, Any], wandb_summaries: bool) -> None:
+    """Write each pooled seed's summary files (and log them to wandb when asked and the jobs used it).
+
+    Args:
+        group: The configuration, as :func:`_collect` groups it.
+        row: Its row of :func:`aggregate_sweep` (for the wandb group's label).
+        coverage: Its folds found per seed.
+        config: The configuration (:func:`configuration` of a job's config).
+        summaries: ``(predictions, classes, title, target)`` per pooled seed, from :func:`_pool_seed`.
+        over_seeds: The over-seeds record (:func:`seed_summary` and :func:`seed_costs`).
+        wandb_summaries: Also log one wandb summary run per seed.
+    """
+    several = len(coverage.seeds) > 1
+    for seed, (predictions, classes, title, target) in summaries.items():
+        # One seed: its summary is the configuration's, with the per-seed record beside it.
+        summary = write_summary(target, predictions, classes, config, title=title,
+                                extra=None if several else over_seeds)
+        if wandb_summaries and "wandb" in (group["config"].get("logger") or {}):
+            node = group["config"]["logger"]["wandb"]
+            log_summary_to_wandb(
+                summary, target, node,
+                group=node.get("group") or wandb_group(str(group["config"].get("experiment_name")), row["label"],
+                                                       group["key"]),
+                name=f"{group['config'].get('experiment_name')}-summary" + (f"-seed{seed}" if several else ""),
+                config=config, extra={"folds_found": len(group["seeds"][seed]), "folds_expected": coverage.expected,
+                                      "complete": not coverage.missing[seed], "seed": seed},
+            )
+
+
+def _write_over_seeds_summary(out: Path, name: str, over_seeds: dict[str, Any], summaries: dict[Any, tuple],
+                              coverage: _Coverage, complete: bool, config: dict[str, Any]) -> None:
+    """Write ``summary.json`` and ``summary.md`` over the seeds of a configuration run with several.
+
+    Args:
+        out: The configuration's summary folder.
+        name: Its display name.
+        over_seeds: The over-seeds record (:func:`seed_summary` and :func:`seed_costs`).
+        summaries: ``(predictions, classes, title, target)`` per pooled seed, from :func:`_pool_seed`.
+        coverage: Its folds found per seed.
+        complete: Whether every seed found every fold.
+        config: The configuration (:func:`configuration` of a job's config).
+    """
+    title = f"{name}: {over_seeds['num_seeds']} seeds" + ("" if complete else " (INCOMPLETE)")
+    payload = {**over_seeds, "classes": summaries[next(iter(summaries))][1] if summaries else None,
+               "num_folds": coverage.expected, "complete": complete, "config": config}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, default=str))
+    atomic_write_text(out / "summary.md", seeds_markdown(payload, title))
+
+
+def _summarise_configuration(sweep_dir: Path, group: dict[str, Any], row: dict[str, Any], coverage: _Coverage,
+                             wandb_summaries: bool) -> None:
+    """Pool each seed of one configuration, write its summaries and fill its row's figures in.
+
+    Args:
+        sweep_dir: The multirun directory (its summaries go under ``summaries/``).
+        group: The configuration, as :func:`_collect` groups it (with at least one prediction file).
+        row: Its row from :func:`_unscored_row`, updated in place.
+        coverage: Its folds found per seed.
+        wandb_summaries: Also log one wandb summary run per seed whose jobs used ``logger=wandb``.
+    """
+    name = row["name"]
+    safe = "".join(ch if ch.isalnum() or ch in "=,._-#" else "_" for ch in name)[:200]
+    out = sweep_dir / "summaries" / safe
+    row["summary_dir"] = str(out)
+    several = len(coverage.seeds) > 1
+    config = configuration(group["config"])
+    per_seed, summaries = [], {}
+    for seed in coverage.seeds:
+        entry, pooled = _pool_seed(name, seed, group["seeds"][seed], coverage, config,
+                                   out / f"seed={seed}" if several else out, several)
+        per_seed.append(entry)
+        if pooled is not None:
+            summaries[seed] = pooled
+    over_seeds = seed_summary(per_seed) | seed_costs(per_seed)
+    _write_seed_summaries(group, row, coverage, config, summaries, over_seeds, wandb_summaries)
+    if several:
+        _write_over_seeds_summary(out, name, over_seeds, summaries, coverage, row["complete"], config)
+    errors = [f"seed {e['seed']}: {e['error']}" for e in per_seed if "error" in e]
+    if errors:
+        row["error"] = "; ".join(errors)
+    row.update({"num_seeds": over_seeds["num_seeds"], "per_seed": per_seed,
+                **{k: over_seeds[k] for k in ("parameters", "train_seconds", "per_source_uf1")},
+                **{k: over_seeds["mean"][k] for k in ("uf1", "uar", "accuracy")},
+                **{f"{k}_std": over_seeds["std"][k] for k in ("uf1", "uar", "accuracy")},
+                "ci": per_seed[0]["ci"] if not several else None})
+
+
 def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> list[dict[str, Any]]:
     """Pool the fold predictions of every job under ``sweep_dir``, grouped by configuration and seed.
 
@@ -255,83 +425,11 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
     names, common = _display_names(groups)
     rows = []
     for group, name in zip(groups, names):
-        expected = max(group["expected"]) if group["expected"] else None
-        seeds = sorted(group["seeds"], key=lambda seed: (seed is None, str(seed) if seed is None else seed))
-        missing_by_seed = {seed: sorted(set(range(expected)) - set(group["seeds"][seed])) if expected else []
-                           for seed in seeds}
-        found_counts = [len(group["seeds"][seed]) for seed in seeds]
-        complete = expected is not None and not any(missing_by_seed.values()) and bool(seeds)
-        row: dict[str, Any] = {
-            "name": name, "label": configuration_label(group["overrides"]), "key": group["key"], "seeds": seeds,
-            "num_seeds": 0, "folds_found": min(found_counts) if found_counts else 0, "folds_expected": expected,
-            "missing_folds": sorted(set().union(*missing_by_seed.values())) if seeds else [],
-            "missing_by_seed": {str(seed): missing for seed, missing in missing_by_seed.items() if missing},
-            "complete": complete, "uf1": None, "uar": None, "accuracy": None, "uf1_std": None, "uar_std": None,
-            "accuracy_std": None, "ci": None, "per_seed": [], "summary_dir": None,
-            "parameters": None, "train_seconds": None, "per_source_uf1": None,
-        }
+        coverage = _coverage(group)
+        row = _unscored_row(group, name, coverage)
         rows.append(row)
-        if not any(group["seeds"].values()):
-            continue
-        safe = "".join(ch if ch.isalnum() or ch in "=,._-#" else "_" for ch in name)[:200]
-        out = sweep_dir / "summaries" / safe
-        row["summary_dir"] = str(out)
-        several = len(seeds) > 1
-        config = configuration(group["config"])
-        per_seed, summaries = [], {}
-        for seed in seeds:
-            files = group["seeds"][seed]
-            missing = missing_by_seed[seed]
-            entry: dict[str, Any] = {"seed": seed, "folds_found": len(files), "folds_expected": expected,
-                                     "missing_folds": missing, "complete": expected is not None and not missing,
-                                     "uf1": None, "uar": None, "accuracy": None, "ci": None}
-            per_seed.append(entry)
-            if not files:
-                continue
-            predictions = _read_predictions(files)
-            classes = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
-            title = f"{name}" + (f", seed {seed}" if several else "") + f": {len(files)}/{expected or '?'} folds"
-            if not entry["complete"]:
-                title += f" (INCOMPLETE: missing folds {missing})" if missing else " (INCOMPLETE)"
-            try:
-                summary = summarise(predictions, classes, config)  # to catch a missing class before writing
-            except ValueError as error:  # e.g. a class absent from the folds found so far
-                entry["error"] = str(error)
-                continue
-            entry.update({k: summary[k] for k in ("uf1", "uar", "accuracy", "ci")}, **training_cost(list(files.values())))
-            if "per_dataset" in summary:
-                entry["per_source_uf1"] = {source: m["uf1"] for source, m in summary["per_dataset"].items()}
-            summaries[seed] = (predictions, classes, title, out / f"seed={seed}" if several else out)
-        over_seeds = seed_summary(per_seed) | seed_costs(per_seed)
-        for seed, (predictions, classes, title, target) in summaries.items():
-            # One seed: its summary is the configuration's, with the per-seed record beside it.
-            summary = write_summary(target, predictions, classes, config, title=title,
-                                    extra=None if several else over_seeds)
-            if wandb_summaries and "wandb" in (group["config"].get("logger") or {}):
-                node = group["config"]["logger"]["wandb"]
-                log_summary_to_wandb(
-                    summary, target, node,
-                    group=node.get("group") or wandb_group(str(group["config"].get("experiment_name")), row["label"],
-                                                           group["key"]),
-                    name=f"{group['config'].get('experiment_name')}-summary" + (f"-seed{seed}" if several else ""),
-                    config=config, extra={"folds_found": len(group["seeds"][seed]), "folds_expected": expected,
-                                          "complete": not missing_by_seed[seed], "seed": seed},
-                )
-        if several:
-            title = f"{name}: {over_seeds['num_seeds']} seeds" + ("" if complete else " (INCOMPLETE)")
-            payload = {**over_seeds, "classes": summaries[next(iter(summaries))][1] if summaries else None,
-                       "num_folds": expected, "complete": complete, "config": config}
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, default=str))
-            atomic_write_text(out / "summary.md", seeds_markdown(payload, title))
-        errors = [f"seed {e['seed']}: {e['error']}" for e in per_seed if "error" in e]
-        if errors:
-            row["error"] = "; ".join(errors)
-        row.update({"num_seeds": over_seeds["num_seeds"], "per_seed": per_seed,
-                    **{k: over_seeds[k] for k in ("parameters", "train_seconds", "per_source_uf1")},
-                    **{k: over_seeds["mean"][k] for k in ("uf1", "uar", "accuracy")},
-                    **{f"{k}_std": over_seeds["std"][k] for k in ("uf1", "uar", "accuracy")},
-                    "ci": per_seed[0]["ci"] if not several else None})
+        if any(group["seeds"].values()):
+            _summarise_configuration(sweep_dir, group, row, coverage, wandb_summaries)
     atomic_write_text(sweep_dir / "table.md", sweep_table(rows, common))
     atomic_write_text(sweep_dir / "table.json", json.dumps(rows, indent=2, default=str))
     return rows

@@ -44,6 +44,73 @@ def _resize_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return factor * ndi.zoom(flow, [1, *scale], order=0, mode="nearest", prefilter=False)
 
 
+def _linearise(reference: np.ndarray, moving: np.ndarray, active: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               flow: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Warp each active pair's moving image by its flow and linearise the data term around that flow.
+
+    Args:
+        reference: (A, H, W) reference images of the active pairs.
+        moving: (K, H, W) moving images of every pair.
+        active: the active pairs, as indices into ``moving``.
+        rows, cols: (H, 1) and (1, W) pixel coordinates.
+        flow: (2, A, H, W) current flows of the active pairs.
+
+    Returns:
+        ``grad`` (2, A, H, W) of the warped images, ``NI`` their squared norm (1 where it is 0) and ``rho_0`` the
+        residual at zero flow.
+    """
+    warped = np.stack([
+        warp(moving[pair], np.stack([rows + flow[0, k], cols + flow[1, k]]), mode="edge")
+        for k, pair in enumerate(active)
+    ])
+    grad = np.array(np.gradient(warped, axis=(1, 2)))
+    NI = (grad * grad).sum(0)
+    NI[NI == 0] = 1
+    rho_0 = warped - reference - (grad * flow).sum(0)
+    return grad, NI, rho_0
+
+
+def _data_step(flow: np.ndarray, grad: np.ndarray, NI: np.ndarray, rho_0: np.ndarray, f0: float) -> np.ndarray:
+    """The data term's step on (2, A, H, W) ``flow``, in place (whatever else refers to it sees it too; the stopping
+    test's reference flow does in the first iteration after a warp): rho / |grad|^2 where |rho| is small, else
+    f0 sign(rho). Returns ``flow``."""
+    rho = rho_0 + (grad * flow).sum(0)
+    small = abs(rho) <= f0 * NI
+    flow -= np.where(small, rho * grad / NI, (f0 * np.sign(rho)) * grad)
+    return flow
+
+
+def _regularise(flow_auxiliary: np.ndarray, g: np.ndarray, proj: np.ndarray, dt: float, f1: float) -> np.ndarray:
+    """Chambolle's projection, ``reg_num_iter = 2`` steps per flow component.
+
+    Args:
+        flow_auxiliary: (2, A, H, W) flows after the data step.
+        g: (2, A, H, W) gradient buffer, overwritten.
+        proj: (2, 2, A, H, W) dual variables, updated in place.
+        dt: the time step.
+        f1: ``dt / tightness``.
+
+    Returns:
+        The regularised (2, A, H, W) flows (a new array).
+    """
+    reg_num_iter = 2
+    flow_current = flow_auxiliary.copy()
+    for component in range(2):
+        for _ in range(reg_num_iter):
+            g[0, :, :-1, :] = np.diff(flow_current[component], axis=1)
+            g[1, :, :, :-1] = np.diff(flow_current[component], axis=2)
+            norm = np.sqrt((g ** 2).sum(0))[np.newaxis, ...]
+            norm *= f1
+            norm += 1.0
+            proj[component] -= dt * g
+            proj[component] /= norm
+            d = -proj[component].sum(0)  # minus the divergence of proj[component]
+            d[:, 1:, :] += proj[component, 0, :, :-1, :]
+            d[:, :, 1:] += proj[component, 1, :, :, :-1]
+            flow_current[component] = flow_auxiliary[component] + d
+    return flow_current
+
+
 def _solve_level(reference: np.ndarray, moving: np.ndarray, flow0: np.ndarray, *, attachment: float,
                  tightness: float, num_warp: int, num_iter: int, tol: float, prefilter: bool) -> np.ndarray:
     """One pyramid level for a stack of pairs.
@@ -60,7 +127,6 @@ def _solve_level(reference: np.ndarray, moving: np.ndarray, flow0: np.ndarray, *
     rows = np.arange(height, dtype=dtype)[:, None]
     cols = np.arange(width, dtype=dtype)[None, :]
     dt = 0.5 / 2
-    reg_num_iter = 2
     f0 = attachment * tightness
     f1 = dt / tightness
     tol = tol * (height * width)
@@ -75,37 +141,9 @@ def _solve_level(reference: np.ndarray, moving: np.ndarray, flow0: np.ndarray, *
     for _ in range(num_warp):
         if prefilter:
             flow_current = ndi.median_filter(flow_current, [1, 1, 3, 3])
-        ref = reference[active]
-        warped = np.stack([
-            warp(moving[pair], np.stack([rows + flow_current[0, k], cols + flow_current[1, k]]), mode="edge")
-            for k, pair in enumerate(active)
-        ])
-        grad = np.array(np.gradient(warped, axis=(1, 2)))
-        NI = (grad * grad).sum(0)
-        NI[NI == 0] = 1
-        rho_0 = warped - ref - (grad * flow_current).sum(0)
-
+        grad, NI, rho_0 = _linearise(reference[active], moving, active, rows, cols, flow_current)
         for _ in range(num_iter):
-            # Data term: a step of rho / |grad|^2 where |rho| is small, else a step of f0 sign(rho).
-            rho = rho_0 + (grad * flow_current).sum(0)
-            small = abs(rho) <= f0 * NI
-            flow_auxiliary = flow_current
-            flow_auxiliary -= np.where(small, rho * grad / NI, (f0 * np.sign(rho)) * grad)
-            # Regularisation: Chambolle's projection, per flow component.
-            flow_current = flow_auxiliary.copy()
-            for component in range(2):
-                for _ in range(reg_num_iter):
-                    g[0, :, :-1, :] = np.diff(flow_current[component], axis=1)
-                    g[1, :, :, :-1] = np.diff(flow_current[component], axis=2)
-                    norm = np.sqrt((g ** 2).sum(0))[np.newaxis, ...]
-                    norm *= f1
-                    norm += 1.0
-                    proj[component] -= dt * g
-                    proj[component] /= norm
-                    d = -proj[component].sum(0)  # minus the divergence of proj[component]
-                    d[:, 1:, :] += proj[component, 0, :, :-1, :]
-                    d[:, :, 1:] += proj[component, 1, :, :, :-1]
-                    flow_current[component] = flow_auxiliary[component] + d
+            flow_current = _regularise(_data_step(flow_current, grad, NI, rho_0, f0), g, proj, dt, f1)
 
         flow_previous -= flow_current  # the change over this warp, the stopping criterion
         converged = np.array([(flow_previous[:, k] * flow_previous[:, k]).sum() < tol for k in range(len(active))])
