@@ -46,6 +46,9 @@ GROUP_CODE = {
 #: Groups that select no code of mer's: folders, recipes (which set other groups), Hydra's own launchers.
 NO_CODE_GROUPS = {"paths", "experiment", "hydra"}
 
+#: The most lines (docstring excluded) a function may have, unless its docstring says why it is longer.
+MAX_FUNCTION_LINES = 60
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
@@ -161,3 +164,26 @@ def test_each_model_architecture_is_the_module_of_its_name():
     architectures.discard(None)  # the ablation variants take the paper's network through their defaults list
     module_files = {path.stem for path in (PACKAGE / "models").glob("*.py") if not path.stem.startswith("_")}
     assert architectures == module_files
+
+
+def body_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = node.body
+    has_docstring = isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+        and isinstance(body[0].value.value, str)
+    start = (body[1].lineno if len(body) > 1 else node.end_lineno + 1) if has_docstring else body[0].lineno
+    return node.end_lineno - start + 1
+
+
+def test_body_lines_skip_the_docstring():
+    function = ast.parse('def f():\n    """Doc.\n\n    More.\n    """\n    a = 1\n    return a\n').body[0]
+    assert body_lines(function) == 2
+
+
+def test_no_function_is_longer_than_sixty_lines_unless_its_docstring_says_why():
+    long = []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and body_lines(node) > MAX_FUNCTION_LINES:
+                if "Long because" not in (ast.get_docstring(node) or ""):
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({body_lines(node)} lines)")
+    assert long == []
