@@ -26,6 +26,7 @@ from mer.files import atomic_write_text
 from mer.training.checkpoint import CHECKPOINT_NAME, network_checkpoint, save_checkpoint
 from mer.training.datamodule import LOSODataModule
 from mer.training.module import MERModule
+from mer.training.trainer import configured_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def run_all_subjects(cfg: DictConfig, cache: Cache, out_dir: Path, progress: Any
         optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
         input_shape=data.input_shape,
     )
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    callbacks = configured_callbacks(cfg)
     if progress is not None:
         callbacks.append(progress.callback())
     loggers = []

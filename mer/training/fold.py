@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -31,7 +30,7 @@ from mer.training.console import RunProgress
 from mer.training.datamodule import LOSODataModule
 from mer.training.loggers import _keep_logged_epochs, close_loggers, fold_loggers
 from mer.training.module import MERModule
-from mer.training.trainer import lightning_trainer_args, selection_monitor
+from mer.training.trainer import configured_callbacks, lightning_trainer_args, selection_monitor
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def _fold_callbacks(cfg: DictConfig, checkpoint_dir: Path, monitor: str | None,
     Returns:
         The callbacks, and the ``best`` checkpoint callback (None without a selection monitor).
     """
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    callbacks = configured_callbacks(cfg)
     # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
     # validation split it is also the model tested (nothing is selected on the test subject).
     callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,

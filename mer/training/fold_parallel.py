@@ -178,7 +178,7 @@ class FoldBatches:
         sampler a permutation, and, once exhausted, a second permutation it does not use (torch
         2.x). Taking the same draws keeps fold f's batches those of the sequential path, so that
         with equal fold sizes and no dropout the two paths compute the same thing
-        (``tests/test_fold_parallel.py`` checks this against the DataLoader).
+        (``tests/training/test_fold_parallel.py`` checks this against the DataLoader).
         """
         generator, n = self._order[f], self.train_sizes[f]
         torch.empty((), dtype=torch.int64).random_(generator=generator)

@@ -1,4 +1,5 @@
-"""The Lightning Trainer of a fold, from the ``trainer`` config group, and which metric picks its checkpoint."""
+"""The Lightning Trainer of a fold: its arguments (``trainer=``), its configured callbacks (``callbacks=``) and the
+metric that picks its checkpoint (``selection.monitor``)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def lightning_trainer_args(cfg: DictConfig) -> dict[str, Any]:
     for key in FOLD_PARALLEL_KEYS:
         args.pop(key, None)
     return args
+
+
+def configured_callbacks(cfg: DictConfig) -> list[Any]:
+    """The Lightning callbacks of the ``callbacks`` config group, instantiated (each node has a ``_target_``)."""
+    from hydra.utils import instantiate
+
+    return [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]

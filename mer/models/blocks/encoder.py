@@ -77,7 +77,7 @@ def fused_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor)
     step on one thread, where the written-out matmuls and softmax are 8-11 % faster overall
     (``benchmarks/train_step.py --profile``; README "Speed"), so CPU runs :func:`attention`. Under
     :func:`torch.func.vmap` the written-out attention is used too: it has batching rules. Both agree to
-    float32 rounding (``tests/test_model.py``).
+    float32 rounding (``tests/models/test_model.py``).
     """
     if not _FUSED["enabled"] or query.device.type == "cpu" or _under_vmap(query):
         return attention(query, key, value)

@@ -174,7 +174,7 @@ class IFNet(nn.Module):
         for block, scale in zip((self.block0, self.block1, self.block2), scales):
             # The block sees both frame orders, stacked on the batch axis: one call of twice the batch
             # instead of two (every convolution is per sample, so each order's output is that of its
-            # own call; tests/test_rife.py). On 2 CPU threads this made one midpoint 1.3x (batch 8) to
+            # own call; tests/preprocess/interpolation/test_rife.py). On 2 CPU threads this made one midpoint 1.3x (batch 8) to
             # 2x (batch 1) faster.
             both_flow, both_mask = block(
                 torch.cat((torch.cat((warped0, warped1, mask), 1), torch.cat((warped1, warped0, -mask), 1))),

@@ -8,7 +8,7 @@ most of its time is Python and NumPy call overhead, paid again for each of the c
 :func:`tvl1_flows` runs the same algorithm on a stack of K pairs: every element-wise step is the
 same expression, evaluated on a ``(K, H, W)`` array instead of K ``(H, W)`` arrays, so each pixel
 sees exactly the same floating-point operations in the same order, and the flows are those of K
-separate calls, bit for bit (``tests/test_tvl1_batched.py``). What is kept per pair, because it
+separate calls, bit for bit (``tests/preprocess/motion/test_tvl1_batched.py``). What is kept per pair, because it
 is defined per image: the pyramid (scikit-image's ``pyramid_reduce``), the warp (``skimage.transform.warp``,
 which clips its output to each image's range), the flow resize between levels and the stopping test
 after each warp (a pair that has converged leaves the stack, as its own call would return).
