@@ -29,6 +29,8 @@ from omegaconf.errors import OmegaConfBaseException
 from mer.data.samples import APEX_POLICIES, check_dataset_config
 from mer.errors import ConfigError
 
+#: ``optim.name`` values (:class:`mer.training.optim.OptimSettings`).
+OPTIMIZERS = ("adam", "sgd")
 #: ``preprocess.on_error`` values.
 ON_ERROR = ("skip", "raise")
 #: Validation metrics a checkpoint can be selected on, and whether larger is better.
@@ -43,6 +45,15 @@ def _integer(value: Any) -> bool:
 
 def _at_least(minimum: int) -> Callable[[Any], bool]:
     return lambda value: _integer(value) and value >= minimum
+
+
+def _number(minimum: float, strict: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return value > minimum if strict else value >= minimum
+
+    return check
 
 
 def _one_of(choices: Sequence[Any]) -> Callable[[Any], bool]:
@@ -81,6 +92,11 @@ TRAIN_RULES = (
     Rule("seed", _integer, "a whole number"),
     Rule("selection.monitor", _or_null(_one_of(tuple(SELECTION_MONITORS))),
          f"null or one of {', '.join(SELECTION_MONITORS)} (null: test the model after the last epoch)"),
+    Rule("optim.name", lambda value: isinstance(value, str) and value.lower() in OPTIMIZERS,
+         f"one of {', '.join(OPTIMIZERS)}"),
+    Rule("optim.lr", _number(0, strict=True), "a number > 0 (the learning rate)"),
+    Rule("optim.weight_decay", _number(0), "a number >= 0"),
+    Rule("optim.momentum", _number(0), "a number >= 0 (SGD only: 0 with adam)"),
 )
 #: Checked in the ``dataset`` node and in each of a composite's ``dataset.sources``.
 DATASET_RULES = (

@@ -63,6 +63,9 @@ def fresh_run(tmp_path: Path, *overrides: str):
     ("dataset.header_row=-1", "dataset.header_row=-1 is not allowed: expected a whole number >= 0"),
     ("selection.monitor=val/f1", "selection.monitor='val/f1' (str) is not allowed: expected null or one of val/uf1, "
                                  "val/uar, val/accuracy, val/loss"),
+    ("optim.name=adamw", "optim.name='adamw' (str) is not allowed: expected one of adam, sgd"),
+    ("optim.lr=0", "optim.lr=0 is not allowed: expected a number > 0 (the learning rate)"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay=-0.1 (float) is not allowed: expected a number >= 0"),
 ])
 def test_a_bad_value_is_named_before_any_work(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -26,6 +26,7 @@ from mer.files import atomic_write_text
 from mer.training.checkpoint import CHECKPOINT_NAME, network_checkpoint, save_checkpoint
 from mer.training.datamodule import LOSODataModule
 from mer.training.module import MERModule
+from mer.training.optim import OptimSettings
 from mer.training.trainer import configured_callbacks
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,11 @@ def run_all_subjects(cfg: DictConfig, cache: Cache, out_dir: Path, progress: Any
         seed=int(cfg.seed), val_subjects=0, cache=cache,
     )
     data.setup()
+    optim = OptimSettings.from_config(cfg.optim)
     module = MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
-        data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-        optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
+        data.au_adjacency, data.class_names, lr=optim.lr, weight_decay=optim.weight_decay, optimizer=optim.name,
+        momentum=optim.momentum,
         input_shape=data.input_shape,
     )
     callbacks = configured_callbacks(cfg)

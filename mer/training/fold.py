@@ -30,6 +30,7 @@ from mer.training.console import RunProgress
 from mer.training.datamodule import LOSODataModule
 from mer.training.loggers import _keep_logged_epochs, close_loggers, fold_loggers
 from mer.training.module import MERModule
+from mer.training.optim import OptimSettings
 from mer.training.trainer import configured_callbacks, lightning_trainer_args, selection_monitor
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,11 @@ def _fold_datamodule(cfg: DictConfig, fold: int, cache: Cache) -> LOSODataModule
 
 def _fold_module(cfg: DictConfig, data: LOSODataModule) -> MERModule:
     """A fresh :class:`MERModule` for the fold ``data`` serves (its AU graph, input shape and classes)."""
+    optim = OptimSettings.from_config(cfg.optim)
     return MERModule(
         cfg.model, data.region_sizes, data.num_paths, data.num_classes, data.in_channels,
-        data.au_adjacency, data.class_names, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay),
-        optimizer=str(cfg.optim.get("name", "adam")), momentum=float(cfg.optim.get("momentum", 0.0)),
+        data.au_adjacency, data.class_names, lr=optim.lr, weight_decay=optim.weight_decay, optimizer=optim.name,
+        momentum=optim.momentum,
         input_shape=data.input_shape, compile=bool(cfg.trainer.get("compile", False)),
     )
 

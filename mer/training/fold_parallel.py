@@ -52,7 +52,7 @@ from mer.cache import Cache
 from mer.evaluation.metrics import fold_test_metrics, metric_collection
 from mer.models import build_model, count_parameters
 from mer.training.datamodule import LOSODataModule
-from mer.training.optim import build_optimizer
+from mer.training.optim import OptimSettings, build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -520,9 +520,9 @@ def _stacked_fold_models(cfg: DictConfig, cache: Cache, splits: Sequence[FoldSpl
                                   num_classes=len(class_names), in_channels=in_channels, au_adjacency=split.au_adjacency))
     parameters = count_parameters(models[0])
     pl.seed_everything(seed, workers=True, verbose=False)
-    stacked = StackedModels(models, lr=float(cfg.optim.lr), weight_decay=float(cfg.optim.weight_decay), device=device,
-                            optimizer=str(cfg.optim.get("name", "adam")),
-                            momentum=float(cfg.optim.get("momentum", 0.0)))
+    optim = OptimSettings.from_config(cfg.optim)
+    stacked = StackedModels(models, lr=optim.lr, weight_decay=optim.weight_decay, device=device, optimizer=optim.name,
+                            momentum=optim.momentum)
     return stacked, parameters
 
 

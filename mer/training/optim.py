@@ -1,12 +1,37 @@
 """The optimiser a run's ``optim`` config names, shared by the sequential and the fold-parallel paths."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-#: Values of ``optim.name``.
-OPTIMIZERS = ("adam", "sgd")
+from mer.settings import OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The ``optim`` config node, typed: what every training path (sequential, fold-parallel, all subjects) reads.
+
+    Attributes:
+        name: ``adam`` or ``sgd``.
+        lr: Learning rate.
+        weight_decay: L2 penalty added to the gradient.
+        momentum: SGD momentum (0 with Adam).
+    """
+
+    name: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> "OptimSettings":
+        """From the ``optim`` node (its values checked before any work by :func:`mer.settings.check_settings`)."""
+        node = node or {}
+        return cls(name=str(node.get("name", "adam")).lower(), lr=float(node.get("lr", 1e-4)),
+                   weight_decay=float(node.get("weight_decay", 0.0)), momentum=float(node.get("momentum", 0.0)))
 
 
 def build_optimizer(

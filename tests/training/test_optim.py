@@ -104,3 +104,12 @@ def test_a_sequential_fold_trains_with_the_configured_optimiser(tiny_corpus, tmp
     with pytest.raises(Stop):
         fold.run_fold(cfg, 0, load_cache(resolve_cache(cfg)), tmp_path / "out")
     assert seen["optimizer"] == "sgd" and seen["momentum"] == 0.9
+
+
+def test_optim_settings_read_the_config_node_typed():
+    from mer.training.optim import OptimSettings
+
+    assert OptimSettings.from_config({"name": "SGD", "lr": 1, "momentum": 0.9}) == OptimSettings("sgd", 1.0, 0.0, 0.9)
+    assert OptimSettings.from_config(None) == OptimSettings()
+    settings = OptimSettings.from_config({"name": "adam", "lr": 1e-3, "weight_decay": 1e-5})
+    assert isinstance(settings.lr, float) and settings.weight_decay == 1e-5 and settings.momentum == 0.0
