@@ -14,6 +14,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from mer.errors import ConfigError
@@ -43,11 +44,14 @@ class Registry:
     Args:
         group: The config group, for messages (``interpolation``, ``model architecture``, ...).
         package: The package whose module ``<name>`` registers the choice ``name``.
+        reserved: Keys of the group's config node that are not options of the implementation (``name`` and, say,
+            the magnification's ``alphas``): :meth:`bound` and :meth:`validate` pass every other key.
     """
 
-    def __init__(self, group: str, package: str) -> None:
+    def __init__(self, group: str, package: str, reserved: tuple[str, ...] = ("name",)) -> None:
         self.group = group
         self.package = package
+        self.reserved = reserved
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, **traits: Any) -> Callable[[T], T]:
@@ -75,6 +79,29 @@ class Registry:
         if name not in self._entries:
             raise ConfigError(f"unknown {self.group} {name!r}; registered: {self.names()}")
         return self._entries[name]
+
+    def options(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """The implementation's options in a config node: every key but :attr:`reserved`."""
+        return {key: value for key, value in dict(cfg).items() if key not in self.reserved}
+
+    def bound(self, cfg: Mapping[str, Any]) -> Callable[..., Any]:
+        """The implementation a config node names (``cfg["name"]``) with its options bound.
+
+        Raises:
+            ConfigError: An unknown name.
+        """
+        return partial(self.get(cfg["name"]).build, **self.options(cfg))
+
+    def validate(self, cfg: Mapping[str, Any]) -> None:
+        """Check that a config node can run: a known name, and the ``validate`` trait it registered (if any) passes
+        with its options (e.g. loading published weights).
+
+        Raises:
+            ConfigError: The config cannot work (the message says why and how to fix it).
+        """
+        check = self.get(cfg["name"]).traits.get("validate")
+        if check is not None:
+            check(**self.options(cfg))
 
     def names(self) -> list[str]:
         """Every name that can be selected: the registered ones and the modules of the package (sorted)."""

@@ -16,7 +16,6 @@ recorded frame of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,17 +46,13 @@ def register_interpolator(
     return INTERPOLATORS.register(name, whole_segment=whole_segment, validate=validate)
 
 
-def _options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in dict(cfg).items() if key != "name"}
-
-
 def get_interpolator(cfg: Mapping[str, Any]) -> Interpolator:
     """The interpolator an ``interpolation`` config group names, with its options bound.
 
     Raises:
         ConfigError: An unknown name.
     """
-    return partial(INTERPOLATORS.get(cfg["name"]).build, **_options(cfg))
+    return INTERPOLATORS.bound(cfg)
 
 
 def reads_whole_segment(cfg: Mapping[str, Any]) -> bool:
@@ -71,9 +66,7 @@ def validate_interpolation(cfg: Mapping[str, Any]) -> None:
     Raises:
         ConfigError: The config cannot work for any clip (the message says why and how to fix it).
     """
-    validate = INTERPOLATORS.get(cfg["name"]).traits["validate"]
-    if validate is not None:
-        validate(**_options(cfg))
+    INTERPOLATORS.validate(cfg)
 
 
 def time_stamps(onset: int, end: int, n: int) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -102,8 +101,7 @@ class Magnified:
 
 Magnifier = Callable[[np.ndarray, np.ndarray, Sequence[float], MotionSpec], Magnified]
 #: ``magnification.name`` -> the magnifier of the module of that name in this package.
-MAGNIFIERS = Registry("magnification", __name__)
-_GROUP_KEYS = ("name", "alphas", "test_alpha")  # keys of the config group that are not options
+MAGNIFIERS = Registry("magnification", __name__, reserved=("name", "alphas", "test_alpha"))
 
 
 def register_magnifier(
@@ -119,17 +117,13 @@ def register_magnifier(
     return MAGNIFIERS.register(name, validate=validate)
 
 
-def _options(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in dict(cfg).items() if key not in _GROUP_KEYS}
-
-
 def get_magnifier(cfg: Mapping[str, Any]) -> Magnifier:
     """The magnifier a ``magnification`` config group names, with its options bound.
 
     Raises:
         ConfigError: An unknown name.
     """
-    return partial(MAGNIFIERS.get(cfg["name"]).build, **_options(cfg))
+    return MAGNIFIERS.bound(cfg)
 
 
 def validate_magnification(cfg: Mapping[str, Any]) -> None:
@@ -138,9 +132,7 @@ def validate_magnification(cfg: Mapping[str, Any]) -> None:
     Raises:
         ConfigError: The config cannot work for any clip (the message says why and how to fix it).
     """
-    validate = MAGNIFIERS.get(cfg["name"]).traits["validate"]
-    if validate is not None:
-        validate(**_options(cfg))
+    MAGNIFIERS.validate(cfg)
 
 
 def amplification_factors(alphas: Sequence[float]) -> np.ndarray:
