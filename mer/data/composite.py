@@ -60,8 +60,8 @@ def read_composite(dataset_cfg: Mapping[str, Any], read_source: SourceReader, on
                    report_unlisted: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
     """The sample table of a composite protocol: the clips of ``dataset.membership`` read from ``dataset.sources``.
 
-    Each source is read by ``read_source`` (:func:`~mer.data.samples.read_sample_table`) with its own config (its sheet, layout, class set and apex
-    policy). A listed clip takes the list's label (a source label that disagrees is a warning); its subject becomes
+    Each source is read by ``read_source`` (:func:`~mer.data.samples.read_sample_table`) with its own config (its
+    sheet, layout, class set and apex policy). A listed clip takes the list's label (a source label that disagrees is a warning); its subject becomes
     ``<source>_<subject>`` and its ``dataset`` the source's name. Clips the list does not name are left out (logged).
 
     Args:
@@ -69,11 +69,12 @@ def read_composite(dataset_cfg: Mapping[str, Any], read_source: SourceReader, on
             ``membership`` (csv path, or null for the shipped MEGC2019 list), ``name``.
         read_source: Reads one source corpus: ``(dataset_cfg, on_error=, report_unlisted=) -> (table, problems)``.
         on_error: as for :func:`~mer.data.samples.read_sample_table`.
-        report_unlisted: as for :func:`~mer.data.samples.read_sample_table`: each source's clip folders that its sheet does not name.
+        report_unlisted: as for :func:`~mer.data.samples.read_sample_table`: each source's clip folders that its
+            sheet does not name.
 
     Returns:
-        (table, problems) as :func:`~mer.data.samples.read_sample_table` returns them; the problems are those of listed clips, their
-        ``clip`` spelled ``<source>_<subject>/<clip>``, plus one fatal problem for each listed clip that no source
+        (table, problems) as :func:`~mer.data.samples.read_sample_table` returns them; the problems are those of
+        listed clips, their ``clip`` spelled ``<source>_<subject>/<clip>``, plus one fatal problem for each listed clip that no source
         yields.
 
     Raises:

@@ -1,4 +1,5 @@
-"""The sample table, the contract between a corpus reader and preprocessing: its columns, the problems a read finds, the errors that stop one, and the check of a table before LOSO."""
+"""The sample table, the contract between a corpus reader and preprocessing: its columns, the problems a read finds,
+the errors that stop one, and the check of a table before LOSO."""
 from __future__ import annotations
 
 from collections.abc import Sequence

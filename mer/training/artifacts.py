@@ -1,4 +1,5 @@
-"""What a fold leaves on disk (``folds/fold_XX/``: ``predictions.csv``, ``fold.json``) and whether a finished fold may be reused."""
+"""What a fold leaves on disk (``folds/fold_XX/``: ``predictions.csv``, ``fold.json``) and whether a finished fold may
+be reused."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from tests.slurm_cluster import PARTITION, SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
 from tests.evaluation.test_sweep import job_dirs

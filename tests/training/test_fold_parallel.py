@@ -1,4 +1,5 @@
-"""Fold-parallel LOSO (mer/training/fold_parallel.py): stacking is exact, folds are independent, files match the sequential path."""
+"""Fold-parallel LOSO (mer/training/fold_parallel.py): stacking is exact, folds are independent, files match the
+sequential path."""
 from __future__ import annotations
 
 import copy

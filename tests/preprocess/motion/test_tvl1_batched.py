@@ -1,4 +1,5 @@
-"""The batched TV-L1 (mer/preprocess/motion/tvl1_batched.py) is scikit-image's optical_flow_tvl1, pair by pair, bit for bit."""
+"""The batched TV-L1 (mer/preprocess/motion/tvl1_batched.py) is scikit-image's optical_flow_tvl1, pair by pair, bit for
+bit."""
 from __future__ import annotations
 
 import numpy as np
