@@ -7,6 +7,7 @@ mean would silently inflate the result).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -159,7 +160,7 @@ def bootstrap_ci(labels: Sequence[int], predictions: Sequence[int], groups: Sequ
     return result
 
 
-def fold_test_metrics(records: Sequence[dict] | Any, num_classes: int) -> dict[str, float]:
+def fold_test_metrics(records: Sequence[Mapping[str, Any]] | pd.DataFrame, num_classes: int) -> dict[str, float]:
     """What a fold logs of its test subject: ``test/uf1``, ``test/uar``, ``test/accuracy``.
 
     The per-fold figures of ``summary.json`` (:func:`present_class_metrics`), so that one name is one number in the
