@@ -382,6 +382,29 @@ def test_fused_attention_equals_written_out_attention_with_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("length", [10, 20])
+def test_attention_normalised_over_keys_on_rows_equals_the_row_softmax(monkeypatch, length):
+    """The transposed-scores path (short sequences on AVX-512) gives the weights, outputs and gradients of the other."""
+    import mer.models.blocks.encoder as encoder
+
+    generator = torch.Generator().manual_seed(7)
+    inputs = [torch.randn(5, 8, length, 16, generator=generator, requires_grad=True) for _ in range(3)]
+    copies = [t.detach().clone().requires_grad_() for t in inputs]
+    capability = encoder._cpu_capability()
+    monkeypatch.setattr(encoder, "_SHORT_ROW_CAPABILITIES", {capability: 64})  # every length below 64
+    assert encoder._keys_on_rows(inputs[0])
+    transposed = encoder.attention(*inputs)
+    monkeypatch.setattr(encoder, "_SHORT_ROW_CAPABILITIES", {})
+    assert not encoder._keys_on_rows(inputs[0])
+    rows = encoder.attention(*copies)
+    torch.testing.assert_close(transposed, rows, rtol=0, atol=1e-6)
+    upstream = torch.randn(rows.shape, generator=generator)
+    (transposed * upstream).sum().backward()
+    (rows * upstream).sum().backward()
+    for a, b in zip(inputs, copies):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+
+
 def test_fused_attention_under_vmap_takes_the_batchable_path():
     import warnings
 
