@@ -1,6 +1,6 @@
 """``python -m mer.report``: re-pool a sweep's jobs, or score predictions made elsewhere.
 
-    python -m mer.report SWEEP_DIR [--wandb]
+    python -m mer.report SWEEP_DIR [--wandb] [--plot KEY [--metric uf1]]
     python -m mer.report score FILE [--classes a,b,c]
 """
 
@@ -12,7 +12,10 @@ from mer.evaluation.sweep import aggregate_sweep
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m mer.report SWEEP_DIR [--wandb]``: re-aggregate a sweep and print its table.
+    """``python -m mer.report SWEEP_DIR [--wandb] [--plot KEY]``: re-aggregate a sweep and print its table.
+
+    ``--plot frames`` also draws the pooled figure of the configurations that differ only in ``frames`` against it
+    (``SWEEP_DIR/uf1_by_frames.png``: mean over seeds, the bootstrap interval of that mean, each seed).
 
     ``python -m mer.report score FILE [--classes a,b,c]`` scores predictions made elsewhere instead
     (:mod:`mer.evaluation.scoring`).
@@ -36,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path, help="a multirun directory (or a single run's output directory)")
     parser.add_argument("--wandb", action="store_true",
                         help="also log a wandb summary run per configuration that was trained with logger=wandb")
+    parser.add_argument("--plot", metavar="KEY",
+                        help="draw the figure against this swept key (configurations differing in it alone)")
+    parser.add_argument("--metric", choices=("uf1", "uar", "accuracy"), default="uf1", help="the figure --plot draws")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.error(f"{args.sweep_dir} is not a directory")
@@ -45,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print((args.sweep_dir / "table.md").read_text(), end="")
     print(f"summaries in {args.sweep_dir / 'summaries'}")
+    if args.plot:
+        from mer.evaluation.plots import plot_against
+
+        figure = args.sweep_dir / f"{args.metric}_by_{args.plot}.png"
+        plotted = plot_against(rows, args.plot, figure, metric=args.metric,
+                               title=f"{args.sweep_dir.name}: pooled {args.metric} against {args.plot}")
+        print(f"{figure}: {plotted} configurations" if plotted else
+              f"no configuration differs from the others in {args.plot} alone: nothing to plot")
     return 0 if all(r["complete"] for r in rows) else 2
 
 

@@ -115,14 +115,46 @@ def bootstrap_ci(labels: Sequence[int], predictions: Sequence[int], groups: Sequ
         ``{"uf1": [low, high] | None, "uar": ..., "accuracy": ..., "level", "resamples", "rejected", "seed",
         "units", "method"}``.
     """
-    y = np.asarray(labels, dtype=np.int64)
-    p = np.asarray(predictions, dtype=np.int64)
-    keys = [str(g) for g in groups]  # str: tuples and mixed types sort the same way every time
-    units, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+    return bootstrap_ci_over_seeds([(labels, predictions, groups)], num_classes, resamples=resamples, level=level,
+                                   seed=seed, max_draws=max_draws)
+
+
+def bootstrap_ci_over_seeds(replicates: Sequence[tuple[Sequence[int], Sequence[int], Sequence]], num_classes: int,
+                            resamples: int = 1000, level: float = 0.95, seed: int = 0, max_draws: int = 10) -> dict:
+    """:func:`bootstrap_ci` of the mean over seeds of the pooled metrics (one seed: exactly :func:`bootstrap_ci`).
+
+    The seeds of a configuration are runs on the same subjects, so a resample draws the subjects once and re-pools
+    every seed's predictions on that draw; its figure is the mean over the seeds. The interval covers the
+    uncertainty of which subjects were recorded (the seed spread is reported beside it, as the std over seeds);
+    with identical seeds it is the interval of one.
+
+    Args:
+        replicates: Per seed, ``(labels, predictions, groups)`` as :func:`bootstrap_ci` takes them; every seed
+            must cover the same resampling units.
+        num_classes, resamples, level, seed, max_draws: As in :func:`bootstrap_ci`.
+
+    Returns:
+        As :func:`bootstrap_ci`, with ``replicates`` (the number of seeds averaged).
+
+    Raises:
+        ValueError: No replicates, or replicates over different subjects.
+    """
+    if not replicates:
+        raise ValueError("bootstrap_ci_over_seeds needs at least one replicate")
+    per_unit, units = [], None
+    for labels, predictions, groups in replicates:
+        y = np.asarray(labels, dtype=np.int64)
+        p = np.asarray(predictions, dtype=np.int64)
+        keys = [str(g) for g in groups]  # str: tuples and mixed types sort the same way every time
+        found, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+        if units is not None and not np.array_equal(found, units):
+            raise ValueError("the seeds cover different subjects; their mean cannot be resampled subject by subject")
+        units = found
+        counts = np.zeros((len(found), num_classes, num_classes), dtype=np.int64)
+        np.add.at(counts, (inverse, y, p), 1)
+        per_unit.append(counts.reshape(len(found), -1))
     count = len(units)
-    per_unit = np.zeros((count, num_classes, num_classes), dtype=np.int64)
-    np.add.at(per_unit, (inverse, y, p), 1)
-    per_unit = per_unit.reshape(count, -1)
+    stacked = np.stack(per_unit)  # (seeds, units, C*C)
     rng = np.random.default_rng(seed)
     accepted: list[np.ndarray] = []
     kept = rejected = drawn = 0
@@ -131,23 +163,25 @@ def bootstrap_ci(labels: Sequence[int], predictions: Sequence[int], groups: Sequ
         picks = rng.integers(0, count, size=(batch, count))
         multiplicity = np.zeros((batch, count), dtype=np.int64)
         np.add.at(multiplicity, (np.arange(batch)[:, None], picks), 1)
-        confusion = (multiplicity @ per_unit).reshape(batch, num_classes, num_classes)
-        support = confusion.sum(axis=2)
-        complete = (support > 0).all(axis=1)
+        confusion = (multiplicity @ stacked).reshape(len(stacked), batch, num_classes, num_classes)
+        support = confusion.sum(axis=3)  # (seeds, batch, C)
+        complete = (support > 0).all(axis=2).all(axis=0)
         drawn += batch
         rejected += int((~complete).sum())
-        confusion, support = confusion[complete], support[complete]
-        true_positive = np.diagonal(confusion, axis1=1, axis2=2).astype(np.float64)
-        predicted = confusion.sum(axis=1)
+        confusion, support = confusion[:, complete], support[:, complete]
+        true_positive = np.diagonal(confusion, axis1=2, axis2=3).astype(np.float64)
+        predicted = confusion.sum(axis=2)
         scores = np.stack([
-            (2 * true_positive / (support + predicted)).mean(axis=1),
-            (true_positive / support).mean(axis=1),
-            true_positive.sum(axis=1) / support.sum(axis=1),
-        ], axis=1)
+            (2 * true_positive / (support + predicted)).mean(axis=2),
+            (true_positive / support).mean(axis=2),
+            true_positive.sum(axis=2) / support.sum(axis=2),
+        ], axis=2).mean(axis=0)  # (accepted, 3): the mean over the seeds
         accepted.append(scores)
         kept += len(scores)
     result: dict = {"level": level, "resamples": resamples, "rejected": rejected, "seed": seed, "units": count,
                     "method": "percentile bootstrap over subjects"}
+    if len(replicates) > 1:
+        result.update(replicates=len(replicates), method="percentile bootstrap over subjects of the mean over seeds")
     if kept < resamples:
         result.update({"uf1": None, "uar": None, "accuracy": None,
                        "note": f"only {kept} of {drawn} resamples held every class"})

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from mer.evaluation.metrics import bootstrap_ci, pooled_metrics, present_class_metrics
+from mer.evaluation.metrics import bootstrap_ci, bootstrap_ci_over_seeds, pooled_metrics, present_class_metrics
 from mer.evaluation.plots import plot_confusion
 from mer.files import atomic_write_text
 from mer.version import provenance
@@ -27,6 +27,27 @@ PREDICTION_COLUMNS = ["fold", "dataset", "subject", "clip", "label", "prediction
 #: always give the same interval).
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+
+
+def _resampling_units(predictions: pd.DataFrame) -> list[tuple[str, str]]:
+    """The bootstrap's unit of each clip: its test subject; (dataset, subject) keeps same-named subjects of two
+    corpora apart."""
+    return list(zip(predictions["dataset"].astype(str), predictions["subject"].astype(str)))
+
+
+def seeds_interval(tables: Sequence[pd.DataFrame], class_names: Sequence[str]) -> dict[str, Any] | None:
+    """The 95 % bootstrap interval of the mean over seeds of pooled UF1, UAR and accuracy
+    (:func:`mer.evaluation.metrics.bootstrap_ci_over_seeds`), from each seed's pooled prediction table.
+
+    Returns:
+        The interval record, or None when the seeds' tables cover different subjects (a seed with folds missing).
+    """
+    try:
+        return bootstrap_ci_over_seeds(
+            [(table["label"], table["prediction"], _resampling_units(table)) for table in tables], len(class_names),
+            resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+    except ValueError:
+        return None
 
 
 def summarise(predictions: pd.DataFrame, class_names: Sequence[str], config: dict | None = None) -> dict[str, Any]:
@@ -44,9 +65,8 @@ def summarise(predictions: pd.DataFrame, class_names: Sequence[str], config: dic
         ``per_dataset`` (when the table mixes source datasets), ``classes``, ``config``.
     """
     overall = pooled_metrics(predictions["label"], predictions["prediction"], class_names)
-    # The resampling unit is the test subject; (dataset, subject) keeps same-named subjects of two corpora apart.
-    units = list(zip(predictions["dataset"].astype(str), predictions["subject"].astype(str)))
-    interval = bootstrap_ci(predictions["label"], predictions["prediction"], units, len(class_names),
+    interval = bootstrap_ci(predictions["label"], predictions["prediction"], _resampling_units(predictions),
+                            len(class_names),
                             resamples=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
     folds = []
     for fold, group in predictions.groupby("fold", sort=True):

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from mer.evaluation.summary import format_interval, summarise, write_summary
+from mer.evaluation.summary import format_interval, seeds_interval, summarise, write_summary
 from mer.files import atomic_write_text
 from mer.keys import REPLICATE_KEYS, RUN_ONLY_KEYS, digest, is_replicate, is_run_only
 
@@ -194,7 +194,8 @@ def seeds_markdown(summary: dict[str, Any], title: str) -> str:
     """``summary.md`` of a configuration run with several seeds: one line per seed, then mean +- std."""
     lines = [f"# {title}", "",
              f"{summary['num_seeds']} seeds, each pooled over its own folds (MEGC protocol); the per-seed summaries "
-             "are in the seed=<s>/ folders. Confidence intervals: 95 % bootstrap over subjects.", "",
+             "are in the seed=<s>/ folders. Confidence intervals: 95 % bootstrap over subjects (on the mean ± std "
+             "line: of the mean over seeds, every seed re-pooled on the same resampled subjects).", "",
              "| seed | folds | UF1 | UF1 95 % CI | UAR | UAR 95 % CI | accuracy | accuracy 95 % CI |",
              "|---|---|---|---|---|---|---|---|"]
     for entry in summary["seeds"]:
@@ -205,8 +206,10 @@ def seeds_markdown(summary: dict[str, Any], title: str) -> str:
             value = entry.get(name)
             cells += ["n/a" if value is None else f"{value:.4f}", format_interval((entry.get("ci") or {}).get(name))]
         lines.append(f"| {entry['seed']} | {folds} | " + " | ".join(cells) + " |")
+    interval = summary.get("ci") or {}
     lines.append("| mean ± std | | " + " | ".join(
-        f"{format_spread(summary['mean'][n], summary['std'][n])} | " for n in ("uf1", "uar", "accuracy")) + "|")
+        f"{format_spread(summary['mean'][n], summary['std'][n])} | {format_interval(interval.get(n))}"
+        for n in ("uf1", "uar", "accuracy")) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -381,6 +384,12 @@ def _summarise_configuration(sweep_dir: Path, group: dict[str, Any], row: dict[s
         if pooled is not None:
             summaries[seed] = pooled
     over_seeds = seed_summary(per_seed) | seed_costs(per_seed)
+    if several:
+        # The interval of the seed mean: every seed re-pooled on the same resampled subjects (None unless every
+        # seed pooled the same subjects).
+        pooled = [summaries[seed][0] for seed in coverage.seeds if seed in summaries]
+        over_seeds["ci"] = (seeds_interval(pooled, summaries[next(iter(summaries))][1])
+                            if len(pooled) == len(coverage.seeds) else None)
     _write_seed_summaries(group, row, coverage, config, summaries, over_seeds, wandb_summaries)
     if several:
         _write_over_seeds_summary(out, name, over_seeds, summaries, coverage, row["complete"], config)
@@ -391,7 +400,7 @@ def _summarise_configuration(sweep_dir: Path, group: dict[str, Any], row: dict[s
                 **{k: over_seeds[k] for k in ("parameters", "train_seconds", "per_source_uf1")},
                 **{k: over_seeds["mean"][k] for k in ("uf1", "uar", "accuracy")},
                 **{f"{k}_std": over_seeds["std"][k] for k in ("uf1", "uar", "accuracy")},
-                "ci": per_seed[0]["ci"] if not several else None})
+                "ci": per_seed[0]["ci"] if not several else over_seeds["ci"]})
 
 
 def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> list[dict[str, Any]]:
@@ -403,7 +412,8 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
     ``<sweep_dir>/summaries/<configuration>/``: with one seed the files of :func:`write_summary`; with several,
     those files per seed in ``seed=<s>/`` and a ``summary.json`` / ``summary.md`` over the seeds. Every
     configuration's ``summary.json`` holds ``seeds`` (per seed: pooled UF1, UAR, accuracy, their bootstrap
-    intervals, folds found), ``num_seeds``, ``mean`` and ``std``. ``<sweep_dir>/table.md`` and ``table.json``
+    intervals, folds found), ``num_seeds``, ``mean``, ``std`` and, with several seeds, ``ci``: the bootstrap
+    interval of the mean. ``<sweep_dir>/table.md`` and ``table.json``
     compare the configurations. A configuration with a seed that has fewer prediction files than its corpus has
     subjects is flagged INCOMPLETE in both, with the missing folds listed.
 
@@ -418,7 +428,8 @@ def aggregate_sweep(sweep_dir: str | Path, wandb_summaries: bool = False) -> lis
         fold started), ``missing_folds`` (over all seeds), ``missing_by_seed``, ``complete``, ``uf1``, ``uar``,
         ``accuracy`` (the mean over seeds of each seed's pooled figure: the pooled figure itself with one seed;
         None when nothing could be pooled), ``uf1_std``, ``uar_std``, ``accuracy_std`` (None with one seed),
-        ``ci`` (the bootstrap intervals; one seed only), ``per_seed`` and ``summary_dir``.
+        ``ci`` (the bootstrap intervals: of the pooled figures with one seed, of their mean over seeds with several;
+        None when the seeds did not pool the same subjects), ``per_seed`` and ``summary_dir``.
     """
     sweep_dir = Path(sweep_dir)
     groups = _collect(sweep_dir)
@@ -439,7 +450,8 @@ def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()
     """Markdown comparison of configurations; incomplete ones flagged.
 
     With one seed a cell is the pooled figure and its 95 % bootstrap interval over subjects; with several it is
-    the mean ± sample std over seeds of each seed's pooled figure.
+    the mean ± sample std over seeds of each seed's pooled figure, and the bootstrap interval of that mean (every
+    seed re-pooled on the same resampled subjects; :func:`mer.evaluation.summary.seeds_interval`).
     """
     lines = []
     if common_overrides:
@@ -461,11 +473,10 @@ def sweep_table(rows: list[dict[str, Any]], common_overrides: Sequence[str] = ()
         for k in ("uf1", "uar", "accuracy"):
             if r[k] is None:
                 cells.append("n/a")
-            elif r.get(f"{k}_std") is not None:
-                cells.append(format_spread(r[k], r[f"{k}_std"]))
             else:
                 bounds = (r.get("ci") or {}).get(k)
-                cells.append(f"{r[k]:.4f}" + ("" if bounds is None else f" {format_interval(bounds)}"))
+                cells.append((format_spread(r[k], r[f"{k}_std"]) if r.get(f"{k}_std") is not None else f"{r[k]:.4f}")
+                             + ("" if bounds is None else f" {format_interval(bounds)}"))
         per_source = r.get("per_source_uf1") or {}
         cells += [f"{per_source[source]:.4f}" if source in per_source else "n/a" for source in sources]
         cells.append(f"{r['parameters']:,}" if r.get("parameters") is not None else "n/a")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from mer.evaluation.metrics import bootstrap_ci, pooled_metrics
+from mer.evaluation.metrics import bootstrap_ci, bootstrap_ci_over_seeds, pooled_metrics
 from mer.evaluation.sweep import aggregate_sweep, configuration_key, configuration_label, seed_statistics
 from mer.evaluation.summary import write_summary
 from tests.evaluation.test_sweep import compose_train, fake_job
@@ -53,7 +53,11 @@ def test_a_sweep_over_seeds_pools_each_seed_and_reports_mean_and_std(tmp_path) -
     assert four["uf1_std"] == pytest.approx(math.sqrt(2) / 6, abs=1e-12)  # two values 1/6 from their mean
     assert four["accuracy"] == pytest.approx((1 + 4 / 6) / 2, abs=1e-12)
     table = (sweep / "table.md").read_text()
-    assert "| frames=4 | 2/2 | 2 | 0.8333 ± 0.2357 |" in table
+    # The interval of the seed mean: resampling the two subjects gives {A, A} (mean UF1 1), {A, B} (5/6) or {B, B}
+    # (seed 1 then predicts class 1 for every clip: UF1 1/6, so the mean is 7/12), {B, B} and {A, A} a quarter
+    # of the time each, so the 2.5 and 97.5 percentiles are 7/12 and 1.
+    assert "| frames=4 | 2/2 | 2 | 0.8333 ± 0.2357 [0.5833, 1.0000] |" in table
+    assert four["ci"]["uf1"] == pytest.approx([7 / 12, 1.0], abs=1e-12) and four["ci"]["replicates"] == 2
     assert "| frames=8 | 2/2 | 1 | 1.0000 [1.0000, 1.0000] |" in table
     # The configuration's summary records every seed; each seed has its own pooled summary.
     summary = json.loads((sweep / "summaries" / "frames=4" / "summary.json").read_text())
@@ -63,7 +67,8 @@ def test_a_sweep_over_seeds_pools_each_seed_and_reports_mean_and_std(tmp_path) -
     for seed, uf1 in ((0, 1.0), (1, UF1_RIGHT_WRONG)):
         per_seed = json.loads((sweep / "summaries" / "frames=4" / f"seed={seed}" / "summary.json").read_text())
         assert per_seed["uf1"] == pytest.approx(uf1) and per_seed["num_folds"] == 2 and "ci" in per_seed
-    assert "0.8333 ± 0.2357" in (sweep / "summaries" / "frames=4" / "summary.md").read_text()
+    assert "0.8333 ± 0.2357 | [0.5833, 1.0000]" in (sweep / "summaries" / "frames=4" / "summary.md").read_text()
+    assert summary["ci"]["uf1"] == pytest.approx([7 / 12, 1.0], abs=1e-12)
     # One seed: the configuration's summary is that seed's pooled summary, with the per-seed record beside it.
     single = json.loads((sweep / "summaries" / "frames=8" / "summary.json").read_text())
     assert single["num_folds"] == 2 and single["num_seeds"] == 1 and single["seeds"][0]["uf1"] == 1.0
@@ -179,3 +184,45 @@ def test_folds_without_a_recorded_cost_show_n_a(tmp_path) -> None:
     (row,) = aggregate_sweep(sweep)
     assert row["parameters"] is None and row["train_seconds"] is None and row["per_source_uf1"] is None
     assert "| n/a | n/a |" in (sweep / "table.md").read_text()
+
+
+def test_the_interval_of_the_seed_mean_is_that_of_one_seed_when_the_seeds_agree() -> None:
+    generator = np.random.default_rng(3)
+    subjects = np.repeat([f"s{i}" for i in range(6)], 5)
+    labels = np.tile([0, 1, 2, 0, 1], 6)
+    predictions = np.where(generator.random(30) < 0.7, labels, generator.integers(0, 3, 30))
+    one = bootstrap_ci(labels, predictions, subjects, 3)
+    assert bootstrap_ci_over_seeds([(labels, predictions, subjects)], 3) == one
+    three = bootstrap_ci_over_seeds([(labels, predictions, subjects)] * 3, 3)
+    assert three["replicates"] == 3
+    for name in ("uf1", "uar", "accuracy"):
+        assert three[name] == pytest.approx(one[name], abs=1e-12)
+
+
+def test_the_interval_of_the_seed_mean_refuses_seeds_over_different_subjects() -> None:
+    with pytest.raises(ValueError, match="different subjects"):
+        bootstrap_ci_over_seeds([([0, 1], [0, 1], ["a", "b"]), ([0, 1], [0, 1], ["a", "c"])], 2)
+
+
+def test_report_plots_the_configurations_that_differ_in_the_swept_key_alone(tmp_path, capsys) -> None:
+    from mer.evaluation.plots import swept_values
+    from mer.report import main as report_main
+
+    sweep = tmp_path / "sweep"
+    for frames, seed_folds in ((4, {0: (RIGHT, RIGHT), 1: (RIGHT, WRONG)}), (1, {0: (RIGHT, WRONG)})):
+        for seed, folds in seed_folds.items():
+            for fold, predictions in enumerate(folds):
+                fake_job(sweep, [f"fold={fold}", f"frames={frames}", f"seed={seed}"], {fold: predictions}, 2)
+    for fold in (0, 1):  # another factor: not on the plot
+        fake_job(sweep, [f"fold={fold}", "frames=4", "model=no_au_graph"], {fold: RIGHT}, 2)
+    assert report_main([str(sweep), "--plot", "frames"]) == 0
+    figure = sweep / "uf1_by_frames.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "uf1_by_frames.png: 2 configurations" in capsys.readouterr().out
+    rows = aggregate_sweep(sweep)
+    points = swept_values(rows, "frames")
+    assert [value for value, _ in points] == [1.0, 4.0]
+    assert [row["uf1"] for _, row in points] == pytest.approx([UF1_RIGHT_WRONG, 5 / 6], abs=1e-12)
+    assert swept_values(rows, "seed") == []
+    assert report_main([str(sweep), "--plot", "lr"]) == 0
+    assert "nothing to plot" in capsys.readouterr().out and not (sweep / "uf1_by_lr.png").exists()
