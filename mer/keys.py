@@ -33,7 +33,7 @@ RUN_ONLY_KEYS = (
     "fold", "resume", "verbose", "paths", "logger", "preprocess_if_missing", "preprocess.workers",
     "preprocess.rebuild", "save_checkpoints",
     "trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps", "trainer.fold_parallel_checkpoint_s",
+    "trainer.log_every_n_steps", "trainer.checkpoint_s",
 )
 
 #: Config keys that replicate a configuration rather than change it: the runs of one configuration that differ

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytorch_lightning as pl
@@ -36,6 +37,34 @@ from mer.training.trainer import configured_callbacks, lightning_trainer_args, s
 log = logging.getLogger(__name__)
 
 
+class IntervalCheckpoint(ModelCheckpoint):
+    """The fold's ``last.ckpt``, written at an epoch's end once ``interval_s`` seconds have passed since training
+    started or since the last save, and never after the last epoch (the fold's predictions follow at once).
+
+    Saving after every epoch cost 0.13 s a save, 9 % of a default fold's training (25 epochs of 3 steps); a
+    killed fold now loses at most ``interval_s`` seconds of training. ``interval_s = 0`` saves after every
+    epoch but the last.
+    """
+
+    def __init__(self, interval_s: float, **kwargs: Any) -> None:
+        # Saved here only (not after validation), so that the interval is the one rule.
+        super().__init__(save_on_train_epoch_end=True, **kwargs)
+        self.interval_s = float(interval_s)
+        self._last_save = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_save = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        max_epochs = trainer.max_epochs
+        last_epoch = max_epochs is not None and max_epochs >= 0 and trainer.current_epoch + 1 >= max_epochs
+        if last_epoch or time.monotonic() - self._last_save < self.interval_s:
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        self._last_save = time.monotonic()
+
+
 def save_fold_checkpoint(cfg: DictConfig, cache: Cache, data: LOSODataModule, model: torch.nn.Module, out_dir: Path,
                          fold: int) -> Path:
     """``save_checkpoints=true``: write the fold's tested model as ``folds/fold_XX/model.ckpt`` (:mod:`mer.training.checkpoint`)."""
@@ -65,7 +94,7 @@ def run_fold(cfg: DictConfig, fold: int, cache: Cache, out_dir: Path, wandb_grou
 
     Writes ``out_dir/folds/fold_XX/predictions.csv`` (atomically) and returns the same table. A
     fold whose predictions exist is skipped (``resume``); a fold killed mid-training resumes from
-    ``folds/fold_XX/checkpoints/last.ckpt`` (the last finished epoch) with the random state of that
+    ``folds/fold_XX/checkpoints/last.ckpt`` (the epoch last saved: ``trainer.checkpoint_s``) with the random state of that
     epoch's end, so that it ends with the predictions of an uninterrupted run, and its CSV log keeps the
     epochs before the kill. Both happen only when ``fold.json`` says the files were written with this
     configuration, cache and cache inputs. ``progress`` counts its epochs.
@@ -149,16 +178,17 @@ def _fold_module(cfg: DictConfig, data: LOSODataModule) -> MERModule:
 
 def _fold_callbacks(cfg: DictConfig, checkpoint_dir: Path, monitor: str | None,
                     progress: RunProgress | None) -> tuple[list[pl.Callback], ModelCheckpoint | None]:
-    """The configured callbacks, the per-epoch ``last`` checkpoint, the ``best`` one and the progress counter.
+    """The configured callbacks, the ``last`` checkpoint (:class:`IntervalCheckpoint`), the ``best`` one and the
+    progress counter.
 
     Returns:
         The callbacks, and the ``best`` checkpoint callback (None without a selection monitor).
     """
     callbacks = configured_callbacks(cfg)
-    # The last epoch's state, kept so that a killed fold resumes where it stopped. Without a
-    # validation split it is also the model tested (nothing is selected on the test subject).
-    callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_last=False, save_top_k=1,
-                                     every_n_epochs=1, enable_version_counter=False))
+    # A recent epoch's state, kept so that a killed fold resumes from it.
+    callbacks.append(IntervalCheckpoint(float(cfg.trainer.get("checkpoint_s", 60)), dirpath=checkpoint_dir,
+                                        filename="last", save_last=False, save_top_k=1, every_n_epochs=1,
+                                        enable_version_counter=False))
     best = None
     if monitor is not None:
         # The epoch best on the validation subjects (ties: the earliest); its state lives in last.ckpt

@@ -429,7 +429,7 @@ def run_folds_parallel(cfg: DictConfig, cache: Cache, out_dir: Path, folds: Sequ
 
     Folds whose ``predictions.csv`` exists are reused (``resume``); the others are trained
     together, resuming from ``<out_dir>/fold_parallel/last.pt`` when it holds the same folds.
-    That state is saved at the end of an epoch at most every ``trainer.fold_parallel_checkpoint_s``
+    That state is saved at the end of an epoch at most every ``trainer.checkpoint_s``
     seconds (it holds F models and their Adam moments).
 
     Returns:
@@ -568,10 +568,10 @@ def _epoch_end_hook(cfg: DictConfig, checkpoint: Path, pending: list[int], ident
     """``on_epoch_end`` of :func:`train_stacked`: save the stacked state, count the epoch.
 
     The state (``history`` being the records of the epochs resumed from) is saved atomically to ``checkpoint``
-    at most every ``trainer.fold_parallel_checkpoint_s`` seconds, and never after the last epoch.
+    at most every ``trainer.checkpoint_s`` seconds, and never after the last epoch.
     """
     max_epochs = int(cfg.trainer.max_epochs)
-    interval = float(cfg.trainer.get("fold_parallel_checkpoint_s", 300))
+    interval = float(cfg.trainer.get("checkpoint_s", 60))
     last_save = time.monotonic()
 
     def save_state(epoch: int, records: list[EpochRecord]) -> None:

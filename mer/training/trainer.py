@@ -11,7 +11,7 @@ from mer.errors import ConfigError
 from mer.settings import SELECTION_MONITORS
 
 #: Keys of the ``trainer`` node that are this project's, not ``pytorch_lightning.Trainer`` arguments.
-FOLD_PARALLEL_KEYS = ("fold_parallel", "fold_parallel_checkpoint_s", "compile", "fold_workers")
+FOLD_PARALLEL_KEYS = ("fold_parallel", "checkpoint_s", "compile", "fold_workers")
 
 
 def selection_monitor(cfg: DictConfig) -> str | None:

@@ -189,7 +189,7 @@ def side_jobs(slurm_cluster, slurm_sweep, slurm_base, tiny_corpus) -> dict[str, 
     commands["failing"] = [o for o in slurm_overrides(tiny_corpus, slurm_base / "empty-cache")
                            if not o.startswith("preprocess_if_missing=")] + ["preprocess_if_missing=false"]
     sweeps = {kind: slurm_base / kind for kind in commands}
-    processes = {kind: train_py("-m", "dataset=synthetic", "fold=0", "frames=2", "trainer.max_epochs=2",
+    processes = {kind: train_py("-m", "dataset=synthetic", "fold=0", "frames=2", "trainer.max_epochs=2", "trainer.checkpoint_s=0",
                                 f"hydra.sweep.dir={sweeps[kind]}", *command) for kind, command in commands.items()}
     interrupt = {"requeue": ["scontrol", "requeue"], "usr2": ["scancel", "--signal=USR2"]}
     deadline = time.monotonic() + 150

@@ -66,7 +66,7 @@ def test_launcher_and_trainer_configs_compose():
     ddp = compose_train("trainer=ddp")
     assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == "auto" and ddp.trainer.max_epochs == 25
     args = lightning_trainer_args(ddp)
-    assert "fold_parallel" not in args and "fold_parallel_checkpoint_s" not in args
+    assert "fold_parallel" not in args and "checkpoint_s" not in args
     pl.Trainer(**{**args, "accelerator": "cpu", "devices": 1, "strategy": "auto"}, logger=False)  # Lightning takes the rest
 
 
@@ -160,7 +160,7 @@ def test_killed_fold_resumes_from_its_last_epoch_and_done_folds_are_skipped(tiny
     epochs = tmp_path / "epochs.txt"
     overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
                  f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "data.batch_size=4",
-                 "logger=none", f"paths.output_dir={tmp_path / 'out'}"]
+                 "logger=none", f"paths.output_dir={tmp_path / 'out'}", "trainer.checkpoint_s=0"]
 
     def cfg(max_epochs: int, crash_at: int | None):
         config = compose_train(*overrides, f"trainer.max_epochs={max_epochs}")
@@ -199,6 +199,30 @@ print(resolve_cache(cfg))
 
 
 @pytest.mark.slow
+
+def test_a_fold_saves_its_state_at_most_every_checkpoint_s(tiny_corpus, tmp_path, monkeypatch):
+    """With an interval longer than the fold, nothing is saved: a fold killed at epoch 1 starts again from epoch 0."""
+    epochs = tmp_path / "epochs.txt"
+    overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
+                 f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "data.batch_size=4",
+                 "logger=none", f"paths.output_dir={tmp_path / 'out'}", "trainer.checkpoint_s=3600",
+                 "trainer.max_epochs=3"]
+
+    def cfg(crash_at: int | None):
+        config = compose_train(*overrides)
+        config.callbacks = {"epochs": {"_target_": "tests.evaluation.test_sweep.EpochLog", "path": str(epochs)}}
+        monkeypatch.setenv("MER_TEST_CRASH_AT", "" if crash_at is None else str(crash_at))
+        return config
+
+    cache = load_cache(resolve_cache(cfg(None)))
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_fold(cfg(crash_at=1), 0, cache, tmp_path / "out")
+    assert not (tmp_path / "out" / "folds" / "fold_00" / "checkpoints" / "last.ckpt").exists()
+    epochs.unlink()
+    assert len(run_fold(cfg(None), 0, cache, tmp_path / "out")) == 3
+    assert epochs.read_text().split() == ["0", "1", "2"]  # nothing to resume from: trained from the start
+
+
 def test_racing_jobs_build_the_cache_once(tiny_corpus, tmp_path):
     overrides = [f"dataset.root={tiny_corpus}", "dataset.generate_if_missing=false", "preprocess_if_missing=true",
                  f"paths.cache_dir={tmp_path / 'cache'}", "frames=2", "preprocess.workers=1", "paths.output_dir=x"]

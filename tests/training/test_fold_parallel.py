@@ -205,7 +205,7 @@ def test_fold_splits_hold_the_folds_own_graph_and_scale(tiny_cache):
 
 
 def test_run_loso_fold_parallel_files_resume_and_interrupted_run(tiny_overrides, tmp_path, monkeypatch, caplog):
-    overrides = [*tiny_overrides, "trainer.fold_parallel=true", "trainer.fold_parallel_checkpoint_s=0"]
+    overrides = [*tiny_overrides, "trainer.fold_parallel=true", "trainer.checkpoint_s=0"]
     summary = run_loso(compose_train(*overrides, f"paths.output_dir={tmp_path / 'a'}"), tmp_path / "a")
     assert summary["num_folds"] == 3 and summary["clips"] == 9
     predictions = pd.read_csv(tmp_path / "a" / "predictions.csv")

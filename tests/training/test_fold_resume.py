@@ -112,7 +112,7 @@ def test_multirun_with_one_output_dir_gives_each_configuration_its_folder(tiny_c
 @pytest.mark.slow
 def test_killed_fold_resumes_to_the_predictions_of_an_uninterrupted_run(tiny_corpus, tmp_path, one_torch_thread):
     epochs, kill_after = 4, 1
-    run = [*common(tiny_corpus, tmp_path / "cache"), "fold=0", "logger=csv", f"trainer.max_epochs={epochs}",
+    run = [*common(tiny_corpus, tmp_path / "cache"), "fold=0", "logger=csv", f"trainer.max_epochs={epochs}", "trainer.checkpoint_s=0",
            "+callbacks.pause._target_=tests.training.test_fold_resume.PauseAtEpoch"]
     reference_dir = tmp_path / "reference"
     reference_cfg = compose_train(*run, f"paths.output_dir={reference_dir}")
