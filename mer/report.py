@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
         figure = args.sweep_dir / f"{args.metric}_by_{args.plot}.png"
         plotted = plot_against(rows, args.plot, figure, metric=args.metric,
-                               title=f"{args.sweep_dir.name}: pooled {args.metric} against {args.plot}")
+                               title=f"{args.sweep_dir.name}: pooled {args.metric.upper() if args.metric != 'accuracy' else 'accuracy'} "
+                                     f"against {args.plot}")
         print(f"{figure}: {plotted} configurations" if plotted else
               f"no configuration differs from the others in {args.plot} alone: nothing to plot")
     return 0 if all(r["complete"] for r in rows) else 2

@@ -97,7 +97,7 @@ def plot_against(rows: Sequence[dict[str, Any]], key: str, path: Path, metric: s
     ax.set_ylabel(f"pooled {metric.upper() if metric != 'accuracy' else metric}")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     atomic_save_png(path, fig, dpi=100)
     return len(points)
