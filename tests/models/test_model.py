@@ -365,6 +365,16 @@ def test_same_seed_same_initialisation(default_cfg, co_occurrence):
 # --- The fast paths of the encoder layer against their references -------------------------------------------------
 
 
+def assert_same_input_gradients(first: torch.Tensor, second: torch.Tensor, first_inputs: list[torch.Tensor],
+                                second_inputs: list[torch.Tensor], generator: torch.Generator) -> None:
+    """Back-propagate one random upstream gradient through both outputs; their inputs' gradients agree to 1e-5."""
+    upstream = torch.randn(first.shape, generator=generator)
+    (first * upstream).sum().backward()
+    (second * upstream).sum().backward()
+    for a, b in zip(first_inputs, second_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+
+
 def test_fused_attention_equals_written_out_attention_with_gradients():
     from mer.models.blocks.encoder import attention, fused_attention
 
@@ -375,11 +385,7 @@ def test_fused_attention_equals_written_out_attention_with_gradients():
     fast, slow = F.scaled_dot_product_attention(*inputs), attention(*copies)
     torch.testing.assert_close(fused_attention(*inputs).detach(), slow.detach(), rtol=0, atol=1e-5)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
-    upstream = torch.randn(fast.shape, generator=generator)
-    (fast * upstream).sum().backward()
-    (slow * upstream).sum().backward()
-    for a, b in zip(inputs, copies):
-        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+    assert_same_input_gradients(fast, slow, inputs, copies, generator)
 
 
 @pytest.mark.parametrize("length", [10, 20])
@@ -398,11 +404,7 @@ def test_attention_normalised_over_keys_on_rows_equals_the_row_softmax(monkeypat
     assert not encoder._keys_on_rows(inputs[0])
     rows = encoder.attention(*copies)
     torch.testing.assert_close(transposed, rows, rtol=0, atol=1e-6)
-    upstream = torch.randn(rows.shape, generator=generator)
-    (transposed * upstream).sum().backward()
-    (rows * upstream).sum().backward()
-    for a, b in zip(inputs, copies):
-        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5)
+    assert_same_input_gradients(transposed, rows, inputs, copies, generator)
 
 
 def test_fused_attention_under_vmap_takes_the_batchable_path():
