@@ -14,6 +14,11 @@ preprocessing does with ``motion=magnet``: the motion maps need only the encoder
 manipulator, and the decoder (most of a MagNet call) runs only for the frame that is read
 (frame N at the test alpha, the landmark frame; ``MagnetMagnifier.magnify_clip(render="on_demand")``).
 
+The script also counts each schedule's arithmetic (matmuls and convolutions, ``torch.utils.flop_counter``)
+and times a 2048² fp32 matmul on the same threads: their ratio is the least time any schedule of the same
+network calls could take at the machine's fp32 rate, hence the largest speed-up over the one-call schedule
+that batching alone could give.
+
 The speed-up depends on the thread count: with several intra-op threads every single-pair
 call pays thread synchronisation that batches amortise; with ``--threads 1`` what remains is
 the arithmetic saved (each frame encoded once instead of twice per alpha) and better kernels
@@ -34,6 +39,7 @@ import cv2
 import numpy as np
 import torch
 from skimage import data
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from mer.preprocess.magnification.magnet import MagNet, MagnetMagnifier, load_magnet, motion_map  # noqa: E402
@@ -46,6 +52,7 @@ from mer.preprocess.interpolation.rife import (  # noqa: E402
 )
 from mer.preprocess.interpolation import bracket  # noqa: E402
 from mer.weights import rife_weights_path  # noqa: E402
+from train_step import matmul_gflops  # noqa: E402  (benchmarks/train_step.py: sys.path[0] is this folder)
 
 
 def synthetic_clip(size: int, span: int) -> np.ndarray:
@@ -115,6 +122,13 @@ def timed(function: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     result = function()  # every stage returns arrays on the host: the device has finished
     return result, time.perf_counter() - start
+
+
+def gflop(function: Callable[[], object]) -> float:
+    """GFLOP of the matmuls and convolutions that ``function`` runs (``torch.utils.flop_counter``)."""
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops() / 1e9
 
 
 def main() -> None:
@@ -193,6 +207,23 @@ def main() -> None:
     print(f"speed-up: RIFE {seconds['RIFE loop'] / seconds['RIFE batched']:.2f}x, "
           f"MagNet {seconds['MagNet loop'] / seconds['MagNet batched']:.2f}x (every frame decoded), "
           f"{seconds['MagNet loop'] / seconds['MagNet looked-at']:.2f}x (frames looked at)")
+    # The arithmetic of each schedule, and the least time it could take at the machine's fp32 matmul rate.
+    device = torch.device(args.device)
+    rate = matmul_gflops(device)
+    interpolated = outputs["RIFE batched"]
+    rife_gflop = gflop(lambda: rife_batched(rife_model, frames, stamps, args.batch_size))  # = the loop's calls
+    pair_gflop = gflop(lambda: magnet_loop(magnet_model, interpolated[:2], alphas[:1]))  # one (frame, alpha) pair
+    magnet_loop_gflop = pair_gflop * args.frames * len(alphas)
+    magnet_looked_gflop = gflop(lambda: magnet_looked_at(magnet_model, interpolated, alphas, args.batch_size,
+                                                         test_index))
+    least = (rife_gflop + magnet_looked_gflop) / rate
+    print(f"arithmetic per clip (matmuls + convolutions): RIFE {rife_gflop:.1f} GFLOP; MagNet one call at a time "
+          f"{magnet_loop_gflop:.1f} GFLOP, frames looked at {magnet_looked_gflop:.1f} GFLOP")
+    print(f"achieved: RIFE loop {rife_gflop / seconds['RIFE loop']:.1f} GFLOP/s, RIFE batched "
+          f"{rife_gflop / seconds['RIFE batched']:.1f}, MagNet loop {magnet_loop_gflop / seconds['MagNet loop']:.1f}, "
+          f"MagNet looked-at {magnet_looked_gflop / seconds['MagNet looked-at']:.1f}; fp32 2048^2 matmul {rate:.1f}")
+    print(f"bound: the frames-looked-at arithmetic at the matmul rate takes {least:.2f} s, so no schedule of these "
+          f"network calls beats the one-call schedule by more than {loop_total / least:.2f}x here")
     loop_frames, loop_maps = outputs["MagNet loop"]
     looked_frame, looked_maps = outputs["MagNet looked-at"]
     differences = [
