@@ -35,10 +35,9 @@ done
 
 MER_ROOT="$ROOT" "$PY" preprocess.py > "$TMP/preprocess.log" 2>&1 || { tail -20 "$TMP/preprocess.log"; exit 1; }
 rm "$TMP/preprocess.log"
+cp -r "$ROOT/cache" "$TMP/"
 # clips/ holds one result per clip, for resuming an interrupted preprocessing: training never reads it.
-(cd "$ROOT" && find cache -path '*/clips' -prune -o -type f -print) | while read -r file; do
-  mkdir -p "$TMP/$(dirname "$file")" && cp "$ROOT/$file" "$TMP/$file"
-done
+rm -rf "$TMP"/cache/*/*/clips
 echo "$ROOT" > "$TMP/root_path"
 
 rm -rf "$OUT" && mv "$TMP" "$OUT"
